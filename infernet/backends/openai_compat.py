@@ -1,0 +1,363 @@
+"""Adapter for any engine that speaks the OpenAI HTTP API (llama.cpp server, vLLM, SGLang...).
+
+Owns: the HTTP calls to ``/health``, ``/v1/models`` and the streaming generation endpoints,
+SSE parsing, and the translation of every engine or transport failure into `BackendError`
+(DESIGN.md "Backends"; the contract is `infernet.backends.base.Backend`).
+
+Invariants:
+- Every request has an httpx timeout (connect, read, write, pool); nothing waits forever.
+- `stream_chat` yields each non-empty text delta as the engine sent it, then exactly one
+  `Usage` taken from the engine's own ``usage`` record (``stream_options.include_usage``);
+  it never estimates token counts.
+- Errors: connection refused → ``backend_unavailable``; the stream breaks or ends before the
+  usage record → ``node_disconnected``; a read times out → ``timeout``; non-200 → the engine's
+  own message with ``bad_request`` (4xx), ``backend_unavailable`` (503) or ``internal_error``
+  (other 5xx); an unparseable chunk or a chunk carrying ``error`` → ``internal_error``.
+
+Template hook: an engine serving a base model (no chat template) gets a ``prompt_formatter``
+that turns the chat request into a raw prompt; the adapter then posts to ``/v1/completions``
+instead of ``/v1/chat/completions`` and reads ``choices[].text`` instead of ``choices[].delta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing, contextmanager
+from typing import Any, Final
+
+import httpx
+import httpx_sse
+import msgspec
+
+from infernet.backends.base import ChatRequest, ModelInfo, StreamItem, TextDelta, Usage
+from infernet.protocol.errors import BackendError
+
+__all__ = ["CompletionPrompt", "OpenAICompatBackend", "PromptFormatter"]
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_READ_TIMEOUT: Final = 120.0
+DEFAULT_HEALTH_TIMEOUT: Final = 2.0
+# An engine's error body is read only up to this size; anything longer is not a message.
+_MAX_ERROR_BODY: Final = 64 * 1024
+
+
+class CompletionPrompt(msgspec.Struct, frozen=True, kw_only=True):
+    """A chat request rendered as a raw completion prompt for a base model."""
+
+    prompt: str
+    stop: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+PromptFormatter = Callable[[ChatRequest], CompletionPrompt]
+
+
+# Wire shapes. msgspec ignores unknown fields, so engines may add whatever they like.
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _ErrorBody(msgspec.Struct):
+    message: str = ""
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    error: _ErrorBody | str | None = None
+
+
+class _ModelMeta(msgspec.Struct):
+    size: int | None = None
+
+
+class _ModelEntry(msgspec.Struct):
+    id: str
+    meta: _ModelMeta | None = None
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelEntry]
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody | str | None = None
+    detail: str | None = None  # FastAPI-style servers (vLLM) sometimes answer this way
+
+
+_CHUNK_DECODER: Final = msgspec.json.Decoder(_Chunk)
+_MODELS_DECODER: Final = msgspec.json.Decoder(_ModelList)
+_ERROR_DECODER: Final = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+class OpenAICompatBackend:
+    """A `Backend` for an engine exposing the OpenAI API at ``base_url``.
+
+    Pass ``client`` to share a connection pool; the adapter then never closes it. Otherwise
+    it owns one and `aclose` closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        name: str = "llamacpp",
+        *,
+        client: httpx.AsyncClient | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        prompt_formatter: PromptFormatter | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._name = name
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient()
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._health_timeout = httpx.Timeout(health_timeout)
+        self._prompt_formatter = prompt_formatter
+
+    @property
+    def name(self) -> str:
+        """Short engine name used in announcements and logs."""
+        return self._name
+
+    @property
+    def base_url(self) -> str:
+        """The engine's root URL, without a trailing slash."""
+        return self._base_url
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this adapter created it. Idempotent."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def health(self) -> bool:
+        """Return True when ``GET /health`` answers 200 within the health timeout. Never raises."""
+        try:
+            response = await self._client.get(
+                self._base_url + "/health", timeout=self._health_timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the models listed by ``GET /v1/models``.
+
+        Raises:
+            BackendError: the engine is unreachable (``backend_unavailable``), answered an
+                error status, or answered something that is not an OpenAI model list
+                (``internal_error``).
+        """
+        with _map_transport_errors(streaming=False):
+            response = await self._client.get(self._base_url + "/v1/models", timeout=self._timeout)
+        if response.status_code != 200:
+            raise _status_error(response.status_code, response.content)
+        try:
+            listing = _MODELS_DECODER.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise BackendError(
+                f"engine answered a malformed model list: {exc}", code="internal_error"
+            ) from exc
+        return [
+            ModelInfo(name=m.id, size_bytes=m.meta.size if m.meta is not None else None)
+            for m in listing.data
+        ]
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        """Yield `TextDelta` items as the engine generates, then exactly one final `Usage`.
+
+        Cancel-safe: cancelling (or closing) the iteration closes the HTTP response, which
+        makes the engine abort the generation.
+
+        Raises:
+            BackendError: engine unreachable (``backend_unavailable``), dead mid-stream
+                (``node_disconnected``), silent past the read timeout (``timeout``), or
+                answered an error status or malformed data.
+        """
+        path, body = self._request_body(request)
+        usage: _Usage | None = None
+        finish_reason = "stop"
+        done = False
+        async with AsyncExitStack() as stack:
+            with _map_transport_errors(streaming=False):
+                source = await stack.enter_async_context(
+                    httpx_sse.aconnect_sse(
+                        self._client,
+                        "POST",
+                        self._base_url + path,
+                        json=body,
+                        timeout=self._timeout,
+                    )
+                )
+            await _check_stream_response(source.response)
+            events = await stack.enter_async_context(aclosing(source.aiter_sse()))
+            with _map_transport_errors(streaming=True):
+                async for event in events:
+                    # Read on to EOF after [DONE] rather than break: httpx's response
+                    # iterators are nested async generators that trio flags with a
+                    # ResourceWarning when abandoned half-way (encode/httpx#3686).
+                    if done or event.data.strip() == "[DONE]":
+                        done = True
+                        continue
+                    chunk = _decode_chunk(event.data)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        text = _choice_text(choice)
+                        if text:
+                            yield TextDelta(text=text)
+        yield _final_usage(usage, finish_reason, done=done)
+
+    def _request_body(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
+        """Return the endpoint path and JSON body for ``request``."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        max_tokens, temperature, stop = request.max_tokens, request.temperature, request.stop
+        if self._prompt_formatter is None:
+            path = "/v1/chat/completions"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            path = "/v1/completions"
+            rendered = self._prompt_formatter(request)
+            body["prompt"] = rendered.prompt
+            max_tokens, temperature, stop = rendered.max_tokens, rendered.temperature, rendered.stop
+        optional = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop": list(stop) or None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return path, body
+
+
+def _final_usage(usage: _Usage | None, finish_reason: str, *, done: bool) -> Usage:
+    """Build the stream's closing `Usage` from the engine's own counts.
+
+    A stream that broke after the usage record but before ``[DONE]`` still counts as
+    complete: every token and the counts have arrived.
+
+    Raises:
+        BackendError: no usage record: ``node_disconnected`` if the stream just stopped,
+            ``internal_error`` if the engine finished without reporting usage.
+    """
+    if usage is not None:
+        return Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            finish_reason=finish_reason,
+        )
+    if done:
+        raise BackendError(
+            "engine finished without a usage record (does it support "
+            "stream_options.include_usage?)",
+            code="internal_error",
+        )
+    raise BackendError(
+        "the engine died mid-stream: the stream ended before it finished",
+        code="node_disconnected",
+    )
+
+
+def _choice_text(choice: _Choice) -> str | None:
+    """Return the generated text in a chat (``delta.content``) or completion (``text``) chunk."""
+    if choice.delta is not None:
+        return choice.delta.content
+    return choice.text
+
+
+def _decode_chunk(data: str) -> _Chunk:
+    """Decode one SSE ``data`` payload.
+
+    Raises:
+        BackendError: the payload is not a chunk (``internal_error``), or is an error the
+            engine reported mid-stream (``internal_error`` with the engine's message).
+    """
+    try:
+        chunk = _CHUNK_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BackendError(
+            f"engine sent a malformed stream chunk: {exc}", code="internal_error"
+        ) from exc
+    if chunk.error is not None:
+        message = chunk.error if isinstance(chunk.error, str) else chunk.error.message
+        raise BackendError(f"engine error mid-stream: {message}", code="internal_error")
+    return chunk
+
+
+async def _check_stream_response(response: httpx.Response) -> None:
+    """Raise the engine's own error when the streaming request was refused.
+
+    Raises:
+        BackendError: non-200 status (see `_status_error`).
+    """
+    if response.status_code == 200:
+        return
+    body = b""
+    with _map_transport_errors(streaming=False):
+        async for part in response.aiter_bytes():
+            body += part
+            if len(body) >= _MAX_ERROR_BODY:
+                break
+    raise _status_error(response.status_code, body)
+
+
+def _status_error(status: int, body: bytes) -> BackendError:
+    """Build the `BackendError` for an engine's non-200 answer, keeping its message."""
+    message = ""
+    try:
+        envelope = _ERROR_DECODER.decode(body[:_MAX_ERROR_BODY])
+    except msgspec.DecodeError:
+        message = body[:500].decode("utf-8", "replace").strip()
+    else:
+        if isinstance(envelope.error, _ErrorBody):
+            message = envelope.error.message
+        else:
+            message = envelope.error or envelope.detail or ""
+    text = f"engine answered HTTP {status}" + (f": {message}" if message else "")
+    if status == 503:
+        return BackendError(text, code="backend_unavailable")
+    return BackendError(text, code="bad_request" if status < 500 else "internal_error")
+
+
+@contextmanager
+def _map_transport_errors(*, streaming: bool) -> Iterator[None]:
+    """Translate httpx and SSE exceptions into `BackendError` at the adapter's edge.
+
+    ``streaming`` says whether the engine already accepted the request: a broken connection
+    then means it died mid-stream rather than being unavailable.
+    """
+    try:
+        yield
+    except httpx_sse.SSEError as exc:  # an httpx.TransportError: catch it first
+        raise BackendError(
+            f"engine answered a non-SSE stream: {exc}", code="internal_error"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            raise BackendError(f"engine unreachable: {exc!r}", code="backend_unavailable") from exc
+        raise BackendError(f"engine did not answer in time: {exc!r}", code="timeout") from exc
+    except httpx.TransportError as exc:
+        if streaming:
+            raise BackendError(
+                f"the engine died mid-stream: {exc!r}", code="node_disconnected"
+            ) from exc
+        raise BackendError(f"engine unreachable: {exc!r}", code="backend_unavailable") from exc

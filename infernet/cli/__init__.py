@@ -1,0 +1,3 @@
+"""cli package."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""mesh package."""
+
+__all__: list[str] = []

@@ -1,0 +1,105 @@
+"""Capability announcements on gossipsub topic ``infernet/announce/1``.
+
+Owns: subscribing, validating before forwarding (id, BIP-340 signature, event pubkey equal to
+the key inside the publishing peer's id, freshness, size), deduplicating by event id, and
+publishing our own. Spec: ``specs/announce.md``.
+
+Invariants: a handler only ever sees announcements that verified; our own messages coming
+back on the subscription are dropped; the dedupe set is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+from trio_typing import TaskStatus
+
+from infernet.mesh.host import MeshHost
+from infernet.protocol.announce import Announcement, parse_announcement
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.keys import peer_id_to_base58, public_key_from_peer_id_bytes
+
+__all__ = ["ANNOUNCE_TOPIC", "AnnouncementGossip", "AnnouncementHandler"]
+
+log = logging.getLogger("infernet.mesh.gossip")
+
+ANNOUNCE_TOPIC: Final = "infernet/announce/1"
+MAX_ANNOUNCEMENT: Final = 16 << 10
+_SEEN_MAX: Final = 4096
+
+AnnouncementHandler = Callable[[Announcement, str], Awaitable[None]]
+
+
+class AnnouncementGossip:
+    """Receives verified announcements and publishes ours."""
+
+    def __init__(self, mesh: MeshHost, handler: AnnouncementHandler) -> None:
+        self._mesh = mesh
+        self._handler = handler
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def _parse(self, msg: Any) -> tuple[Announcement, str]:
+        sender = public_key_from_peer_id_bytes(bytes(msg.from_id))
+        ann = parse_announcement(
+            bytes(msg.data), now=int(time.time()), sender_pubkey=sender, max_size=MAX_ANNOUNCEMENT
+        )
+        return ann, peer_id_to_base58(bytes(msg.from_id))
+
+    def _validate(self, _peer: Any, msg: Any) -> bool:
+        try:
+            self._parse(msg)
+        except InfernetError as exc:
+            log.warning("dropped announcement: %s", exc)
+            return False
+        return True
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe and hand every new verified announcement to the handler. Runs forever."""
+        pubsub = self._mesh.pubsub
+        pubsub.set_topic_validator(ANNOUNCE_TOPIC, self._validate, False)
+        sub = await pubsub.subscribe(ANNOUNCE_TOPIC)
+        task_status.started()
+        while True:
+            msg = await sub.get()
+            try:
+                ann, peer_id = self._parse(msg)
+            except InfernetError as exc:  # expired between validation and now
+                log.debug("announcement went stale: %s", exc)
+                continue
+            if peer_id == self._mesh.peer_id or not self._remember(ann.event.id):
+                continue
+            await self._handler(ann, peer_id)
+
+    def _remember(self, event_id: str) -> bool:
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+        return True
+
+    def mesh_peers(self) -> set[str]:
+        """Peer ids in our gossipsub mesh for the topic: those a publish reaches at once.
+
+        0.8.1 has no flood-publish, so a peer that joined the topic but is not yet grafted
+        misses what we publish; announcers re-publish when this set grows.
+        """
+        peers = self._mesh.pubsub.router.mesh.get(ANNOUNCE_TOPIC, set())
+        return {p.to_base58() for p in peers}
+
+    async def publish(self, data: bytes) -> None:
+        """Publish one encoded announcement event.
+
+        Raises:
+            TransportError: never; publishing is best effort and failures are logged.
+        """
+        try:
+            with trio.fail_after(5):
+                await self._mesh.pubsub.publish(ANNOUNCE_TOPIC, data)
+        except Exception as exc:  # libp2p publish errors are not typed; next round retries
+            log.warning("publishing announcement failed: %s", exc)

@@ -1,0 +1,229 @@
+"""The job protocol over libp2p streams: `/infernet/job/1.0.0`, both sides.
+
+Owns: reading and writing frames on a stream with a timeout on every read, the node-side
+stream handler and the client-side call. Frame rules live in `protocol.job_stream`;
+spec: ``specs/job-protocol.md``.
+
+Invariants:
+- Every stream is closed (or reset on error) in a ``finally``: a handler never returns
+  leaving the reader hanging (notes/py-libp2p.md, default 6).
+- Every read is under `trio.fail_after`; a peer that goes silent costs at most one timeout.
+- The client keeps its write side open until the job ends; EOF from the client means
+  it went away, and the node stops generating.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from infernet.mesh.host import MeshHost
+from infernet.protocol.errors import (
+    InfernetError,
+    JobFailed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
+from infernet.protocol.frames import (
+    NEED_DATA,
+    Accepted,
+    Cancel,
+    Chunk,
+    FinalFrame,
+    Frame,
+    JobErrorFrame,
+    JobRequest,
+    NeedData,
+    encode_frame,
+)
+from infernet.protocol.job_stream import JobStream
+
+__all__ = ["JOB_PROTOCOL", "JobCall", "JobRunner", "open_job", "serve_job_stream"]
+
+log = logging.getLogger("infernet.mesh.jobs")
+
+JOB_PROTOCOL: Final = "/infernet/job/1.0.0"
+READ_CHUNK: Final = 64 << 10
+REQUEST_TIMEOUT: Final = 10.0
+WRITE_TIMEOUT: Final = 30.0
+
+SendFrame = Callable[[Frame], Awaitable[None]]
+# The node's job logic: given the request, the client's peer id and a way to send frames.
+JobRunner = Callable[[JobRequest, str, SendFrame], Awaitable[None]]
+
+
+async def _read_frame(stream: Any, js: JobStream, timeout: float) -> Frame:
+    """Read until `js` yields a frame.
+
+    Raises:
+        TransportError: EOF, reset or no frame within ``timeout``.
+        RemoteProtocolError: the peer sent garbage or an illegal frame.
+    """
+    try:
+        with trio.fail_after(timeout):
+            while (ev := js.next_event()) is NEED_DATA:
+                data = await stream.read(READ_CHUNK)
+                if not data:
+                    raise TransportError("stream closed by peer")
+                js.receive_data(data)
+    except trio.TooSlowError:
+        raise TransportError(f"no frame within {timeout:.0f}s", code="timeout") from None
+    except InfernetError:
+        raise
+    except Exception as exc:  # libp2p's StreamEOF/StreamReset/MuxedConn errors
+        raise TransportError(f"stream broke: {type(exc).__name__}") from None
+    if isinstance(ev, NeedData):  # unreachable: the loop above only exits on a frame
+        raise LocalProtocolError("decoder returned no frame")
+    return ev
+
+
+async def _write(stream: Any, data: bytes) -> None:
+    try:
+        with trio.fail_after(WRITE_TIMEOUT):
+            await stream.write(data)
+    except trio.TooSlowError:
+        raise TransportError("peer stopped reading", code="timeout") from None
+    except Exception as exc:
+        raise TransportError(f"stream broke on write: {type(exc).__name__}") from None
+
+
+async def _abort(stream: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            await stream.reset()
+        except Exception as exc:  # already dead: nothing more to release
+            log.debug("reset failed: %s", exc)
+
+
+async def _close(stream: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        try:
+            await stream.close()
+        except Exception as exc:
+            log.debug("close failed: %s", exc)
+
+
+async def serve_job_stream(stream: Any, runner: JobRunner) -> None:
+    """Serve one inbound job stream: read the request, stream the runner's frames back.
+
+    Never raises: protocol and transport failures are logged and the stream is reset.
+    """
+    peer = stream.muxed_conn.peer_id.to_base58()
+    js = JobStream("node")
+    ok = False
+    try:
+        request = await _read_frame(stream, js, REQUEST_TIMEOUT)
+        if not isinstance(request, JobRequest):  # the state machine only admits a request
+            raise RemoteProtocolError("first frame must be a request")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_client, stream, js, nursery.cancel_scope, request.job_id)
+
+            async def send(frame: Frame) -> None:
+                await _write(stream, js.send(frame))
+
+            await runner(request, peer, send)
+            nursery.cancel_scope.cancel()
+        ok = True
+    except RemoteProtocolError as exc:
+        log.warning("job stream from %s: protocol error: %s", peer, exc)
+        with trio.move_on_after(1):
+            try:
+                err = JobErrorFrame(job_id=js.job_id or "", code="protocol_error", message=str(exc))
+                # Bypass the state machine: the stream is already in its error state.
+                await stream.write(encode_frame(err))
+            except Exception as write_exc:
+                log.debug("could not report protocol error: %s", write_exc)
+    except (TransportError, LocalProtocolError) as exc:
+        log.warning("job %s from %s: %s", js.job_id, peer, exc)
+    finally:
+        await (_close(stream) if ok else _abort(stream))
+
+
+async def _watch_client(stream: Any, js: JobStream, scope: trio.CancelScope, job_id: str) -> None:
+    """Cancel the job when the client sends Cancel, goes away or breaks the protocol."""
+    try:
+        frame = await _read_frame(stream, js, float("inf"))
+        if isinstance(frame, Cancel):
+            log.info("job %s cancelled by client", job_id)
+    except InfernetError as exc:
+        log.info("job %s: client gone (%s)", job_id, exc)
+    scope.cancel()
+
+
+class JobCall:
+    """The client side of one job: await `accepted()`, then iterate chunks to the final frame."""
+
+    def __init__(self, stream: Any, js: JobStream, read_timeout: float) -> None:
+        self._stream = stream
+        self._js = js
+        self._read_timeout = read_timeout
+        self.final: FinalFrame | None = None
+        self.accepted_frame: Accepted | None = None
+
+    async def accepted(self, timeout: float) -> Accepted:
+        """Wait for the node to accept the job.
+
+        Raises:
+            JobFailed: the node refused (code from its error frame).
+            TransportError: the node went away or said nothing within ``timeout``.
+        """
+        frame = await _read_frame(self._stream, self._js, timeout)
+        if isinstance(frame, JobErrorFrame):
+            raise JobFailed(frame.message, code=frame.code)
+        if not isinstance(frame, Accepted):
+            raise RemoteProtocolError(f"expected accepted, got {type(frame).__name__}")
+        self.accepted_frame = frame
+        return frame
+
+    async def chunks(self) -> AsyncIterator[str]:
+        """Yield text chunks until the final frame (then stored in ``self.final``).
+
+        Raises:
+            JobFailed: the node reported an error mid-stream.
+            TransportError: the node died or went silent (code node_disconnected/timeout).
+        """
+        while True:
+            frame = await _read_frame(self._stream, self._js, self._read_timeout)
+            if isinstance(frame, Chunk):
+                yield frame.text
+            elif isinstance(frame, FinalFrame):
+                self.final = frame
+                return
+            elif isinstance(frame, JobErrorFrame):
+                raise JobFailed(frame.message, code=frame.code)
+            else:
+                raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame")
+
+
+@asynccontextmanager
+async def open_job(
+    mesh: MeshHost, peer_id: str, request: JobRequest, *, read_timeout: float = 60.0
+) -> AsyncIterator[JobCall]:
+    """Open a job stream to ``peer_id`` and send ``request``.
+
+    On exit before the final frame the node is told to cancel. Cancel-safe.
+
+    Raises:
+        TransportError: the peer is unreachable.
+    """
+    stream = await mesh.new_stream(peer_id, JOB_PROTOCOL)
+    js = JobStream("client")
+    call = JobCall(stream, js, read_timeout)
+    finished = False
+    try:
+        await _write(stream, js.send(request))
+        yield call
+        finished = js.state in ("done", "error")
+    finally:
+        if not finished and js.state in ("requested", "streaming"):
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:
+                    await stream.write(js.send(Cancel(job_id=request.job_id)))
+                except Exception as exc:
+                    log.debug("cancel of %s not delivered: %s", request.job_id, exc)
+        await (_close(stream) if finished else _abort(stream))

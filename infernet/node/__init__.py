@@ -1,0 +1,3 @@
+"""node package."""
+
+__all__: list[str] = []

@@ -1,0 +1,164 @@
+"""The node daemon: engine + libp2p host + announcements + job service, in one nursery.
+
+Owns: composing the pieces in order (engine healthy → host listening → job handler set →
+announcements flowing → bootstrap dials in the background), reporting readiness through
+``task_status``, and tearing everything down on cancellation.
+
+Invariants: the node is ready only when the engine answered and the host listens; the node
+announces at start, every 30 s, and as soon as a new peer joins its gossip mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+from trio_typing import TaskStatus
+
+from infernet.backends.base import Backend
+from infernet.backends.embedded import open_embedded_engine
+from infernet.backends.openai_compat import OpenAICompatBackend
+from infernet.mesh.bootstrap import keep_connected
+from infernet.mesh.gossip import AnnouncementGossip
+from infernet.mesh.host import MeshHost, open_host
+from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
+from infernet.node.config import NodeConfig
+from infernet.node.jobs import JobExecutor
+from infernet.protocol.announce import Announcement, Capabilities, ModelOffer, build_announcement
+from infernet.protocol.errors import BackendError
+from infernet.protocol.event import encode_event
+from infernet.protocol.keys import SecretKey
+
+__all__ = ["NodeInfo", "run_node"]
+
+log = logging.getLogger("infernet.node")
+
+ANNOUNCE_EVERY: Final = 30.0
+ANNOUNCE_TTL: Final = 120
+MESH_CHECK_EVERY: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a started node reports: identity, addresses and what it serves."""
+
+    pubkey: str
+    peer_id: str
+    listen_addrs: tuple[str, ...]
+    backend: str
+    models: tuple[str, ...]
+
+
+@asynccontextmanager
+async def open_backend(config: NodeConfig, home: Path) -> AsyncIterator[Backend]:
+    """Start or connect to the configured engine and wait until it is healthy.
+
+    Raises:
+        BackendError: the engine does not start or does not answer.
+    """
+    if config.backend == "llamacpp":
+        backend = OpenAICompatBackend(config.backend_url, name="llamacpp")
+        try:
+            if not await backend.health():
+                raise BackendError(f"no healthy llama.cpp server at {config.backend_url}")
+            yield backend
+        finally:
+            await backend.aclose()
+        return
+    cache = Path(config.model_cache) if config.model_cache else None
+    async with open_embedded_engine(
+        home,
+        threads=config.engine_threads,
+        parallel=config.engine_slots,
+        ctx=config.engine_ctx,
+        model_cache=cache,
+    ) as engine:
+        yield engine
+
+
+class _Announcer:
+    def __init__(self, key: SecretKey, config: NodeConfig, mesh: MeshHost,
+                 executor: JobExecutor, backend: str) -> None:
+        self.key = key
+        self.config = config
+        self.mesh = mesh
+        self.executor = executor
+        self.backend = backend
+
+    def encode(self) -> bytes:
+        now = int(time.time())
+        caps = Capabilities(
+            backend=self.backend,
+            models=tuple(
+                ModelOffer(name=m, price_per_1k_output=self.config.price_per_1k_output)
+                for m in sorted(self.executor.models)
+            ),
+            slots_total=int(self.executor.limiter.total_tokens),
+            slots_free=self.executor.free_slots,
+            listen_addrs=tuple(self.mesh.listen_addrs()) if self.config.advertise else (),
+            expires_at=now + ANNOUNCE_TTL,
+        )
+        return encode_event(build_announcement(caps, self.key, now))
+
+    async def run(self, gossip: AnnouncementGossip) -> None:
+        last_sent = -ANNOUNCE_EVERY
+        known: set[str] = set()
+        while True:
+            peers = gossip.mesh_peers()
+            if peers - known or trio.current_time() - last_sent >= ANNOUNCE_EVERY:
+                await gossip.publish(self.encode())
+                last_sent = trio.current_time()
+            known = peers
+            await trio.sleep(MESH_CHECK_EVERY)  # periodic check of the gossip mesh
+
+
+async def _ignore_announcement(ann: Announcement, peer_id: str) -> None:
+    log.debug("peer %s announced %d models", peer_id, len(ann.caps.models))
+
+
+async def run_node(
+    home: Path,
+    config: NodeConfig,
+    key: SecretKey,
+    *,
+    task_status: TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node until cancelled; ``task_status.started(NodeInfo)`` once it serves jobs.
+
+    Raises:
+        BackendError: the engine did not come up.
+        TransportError: the port cannot be bound or a bootstrap address is malformed.
+    """
+    async with open_backend(config, home) as backend:
+        models = {m.name for m in await backend.list_models()}
+        log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
+        executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex())
+        async with open_host(key.secret_bytes(), listen_host=config.listen_host,
+                             port=config.port) as mesh:
+
+            async def handle(stream: Any) -> None:
+                await serve_job_stream(stream, executor.run)
+
+            mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
+            gossip = AnnouncementGossip(mesh, _ignore_announcement)
+            announcer = _Announcer(key, config, mesh, executor, backend.name)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(gossip.serve)
+                nursery.start_soon(announcer.run, gossip)
+                if config.bootstrap:
+                    nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
+                info = NodeInfo(
+                    pubkey=key.public_key.hex(),
+                    peer_id=mesh.peer_id,
+                    listen_addrs=tuple(mesh.listen_addrs()),
+                    backend=backend.name,
+                    models=tuple(sorted(models)),
+                )
+                log.info("node %s listening on %s", info.peer_id, ", ".join(info.listen_addrs))
+                task_status.started(info)

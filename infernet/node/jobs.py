@@ -1,0 +1,154 @@
+"""Running one job on the node's engine: admission, token batching, usage and timing.
+
+Owns: the `JobRunner` the mesh calls for each inbound job stream. It refuses jobs for models
+the node does not serve (``model_not_found``) and jobs beyond its free slots
+(``no_capacity``); otherwise it streams the engine's text back in batched chunk frames and
+ends with a final frame carrying the engine's own usage.
+
+Invariants: a slot is held exactly while a job runs; the engine iteration is cancelled when
+the client goes away; batching adds no latency (a frame is sent as soon as the writer is free,
+with whatever text has accumulated meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from infernet.backends.base import Backend, ChatMessage, ChatRequest, TextDelta, Usage
+from infernet.protocol.errors import BackendError
+from infernet.protocol.frames import (
+    Accepted,
+    Chunk,
+    FinalFrame,
+    Frame,
+    JobErrorFrame,
+    JobRequest,
+)
+
+__all__ = ["JobExecutor", "SendFrame"]
+
+log = logging.getLogger("infernet.node.jobs")
+
+_PENDING_DELTAS: Final = 256
+_MAX_BATCH: Final = 64
+
+SendFrame = Callable[[Frame], Awaitable[None]]
+_Item = TextDelta | Usage | BackendError
+_End = Usage | BackendError | None
+
+
+def _to_chat(request: JobRequest) -> ChatRequest:
+    return ChatRequest(
+        model=request.model,
+        messages=tuple(ChatMessage(role=m.role, content=m.content) for m in request.messages),
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=request.stop,
+        seed=request.seed,
+    )
+
+
+class JobExecutor:
+    """Admits jobs against the node's slots and runs them on its backend."""
+
+    def __init__(self, backend: Backend, models: set[str], slots: int, node_pubkey: str) -> None:
+        self.backend = backend
+        self.models = models
+        self.limiter = trio.CapacityLimiter(max(slots, 1))
+        self.node_pubkey = node_pubkey
+        self.completed = 0
+        self.failed = 0
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not held by a running job."""
+        return int(self.limiter.available_tokens)
+
+    async def run(self, request: JobRequest, peer: str, send: SendFrame) -> None:
+        """Answer ``request`` from ``peer`` by sending frames through ``send``. Cancel-safe."""
+        job = request.job_id
+        if request.model not in self.models:
+            await send(JobErrorFrame(job_id=job, code="model_not_found",
+                                     message=f"this node does not serve {request.model!r}"))
+            return
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(job)
+        except trio.WouldBlock:
+            log.info("job %s from %s refused: no free slot", job, peer)
+            await send(JobErrorFrame(job_id=job, code="no_capacity", message="all slots are busy"))
+            return
+        try:
+            log.info("job %s from %s accepted (model %s)", job, peer, request.model)
+            await send(Accepted(job_id=job, node_pubkey=self.node_pubkey, model=request.model))
+            await self._generate(request, send)
+        finally:
+            self.limiter.release_on_behalf_of(job)
+
+    async def _generate(self, request: JobRequest, send: SendFrame) -> None:
+        job = request.job_id
+        start = time.perf_counter()
+        first: float | None = None
+        end: _End = None
+        tx, rx = trio.open_memory_channel[_Item](_PENDING_DELTAS)
+        async with trio.open_nursery() as nursery:
+            # The engine is read in its own task so text keeps accumulating while a frame is
+            # being written; each frame then carries everything that arrived meanwhile.
+            nursery.start_soon(self._pump, _to_chat(request), tx)
+            async with rx:
+                async for item in rx:
+                    text, end = _batch(item, rx)
+                    if text:
+                        first = first or time.perf_counter()
+                        await send(Chunk(job_id=job, text=text))
+                    if end is not None:
+                        break
+            nursery.cancel_scope.cancel()
+        if isinstance(end, BackendError):
+            self.failed += 1
+            log.warning("job %s: engine failed: %s", job, end)
+            await send(JobErrorFrame(job_id=job, code=end.code, message=str(end)))
+            return
+        if end is None:
+            self.failed += 1
+            await send(JobErrorFrame(job_id=job, code="internal_error",
+                                     message="the engine ended without reporting usage"))
+            return
+        done = time.perf_counter()
+        ttft = ((first or done) - start) * 1000
+        decode = done - (first or done)
+        tps = end.completion_tokens / decode if decode > 0 else 0.0
+        self.completed += 1
+        log.info("job %s done: %d+%d tokens, ttft %.0f ms, %.1f tok/s", job,
+                 end.prompt_tokens, end.completion_tokens, ttft, tps)
+        await send(FinalFrame(job_id=job, prompt_tokens=end.prompt_tokens,
+                              completion_tokens=end.completion_tokens,
+                              finish_reason=end.finish_reason, ttft_ms=ttft, tokens_per_s=tps))
+
+    async def _pump(self, chat: ChatRequest, tx: trio.MemorySendChannel[_Item]) -> None:
+        async with tx:
+            try:
+                async for item in self.backend.stream_chat(chat):
+                    await tx.send(item)
+            except BackendError as exc:
+                await tx.send(exc)
+
+
+def _batch(item: _Item, rx: trio.MemoryReceiveChannel[_Item]) -> tuple[str, _End]:
+    """Join ``item`` with every delta already queued; stop at a usage record or an error."""
+    parts: list[str] = []
+    while True:
+        if not isinstance(item, TextDelta):
+            return "".join(parts), item
+        parts.append(item.text)
+        if len(parts) >= _MAX_BATCH:
+            return "".join(parts), None
+        try:
+            item = rx.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return "".join(parts), None

@@ -1,0 +1,204 @@
+"""Capability announcements: what a node serves, signed as a Nostr event.
+
+Owns: the ``Capabilities`` record, its event layout and the receiver's checks
+(DESIGN.md §3 "Announcements"; ``specs/announce.md``).
+
+Event layout (a NIP-01 parameterized replaceable event, NIP-33/NIP-01 ``30000–39999``):
+
+- ``kind`` = ``ANNOUNCE_KIND`` (30337); ``pubkey`` = the node's x-only key.
+- ``tags``: ``["d", <pubkey hex>]`` (one live announcement per node, later replaces
+  earlier), one ``["m", <model name>]`` per served model (so relays can filter by model),
+  and ``["expiration", <expires_at>]`` (NIP-40).
+- ``content`` = compact JSON of ``Capabilities``. Receivers ignore fields they do not know,
+  and every field added later gets a default, so old and new nodes read each other.
+
+Invariants a parsed ``Announcement`` satisfies:
+
+- id and BIP-340 signature verify; the pubkey equals the sender's peer-ID key when given;
+- ``created_at <= now + max_future_skew`` and ``now <= expires_at`` (expired only once
+  ``now`` is past ``expires_at``);
+- the ``d`` tag is the pubkey and the ``expiration`` tag equals ``caps.expires_at``;
+- the protocol major version is 1; every value is within the bounds declared below;
+  model names are unique and ``slots_free <= slots_total``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+import msgspec
+
+from infernet.protocol.errors import LocalProtocolError, RemoteProtocolError, SignatureError
+from infernet.protocol.event import (
+    Event,
+    UnsignedEvent,
+    decode_event,
+    encode_event,
+    sign_event,
+    tag_values,
+    verify_event,
+)
+from infernet.protocol.keys import PublicKey, SecretKey
+
+__all__ = [
+    "ANNOUNCE_KIND",
+    "DEFAULT_MAX_SIZE",
+    "PROTOCOL_VERSION",
+    "Announcement",
+    "Capabilities",
+    "ModelOffer",
+    "build_announcement",
+    "parse_announcement",
+]
+
+ANNOUNCE_KIND: Final = 30337
+PROTOCOL_VERSION: Final = "1.0"
+SUPPORTED_MAJOR: Final = 1
+DEFAULT_MAX_SIZE: Final = 16384
+
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_Short = Annotated[str, msgspec.Meta(max_length=256)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+_Price = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+_UnixTime = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class ModelOffer(msgspec.Struct, frozen=True, kw_only=True):
+    """One served model; prices are per 1000 tokens, weights_hash names the exact weights."""
+
+    name: _Name
+    weights_hash: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    context_length: _Count = 0
+    price_per_1k_input: _Price = 0.0
+    price_per_1k_output: _Price = 0.0
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """The announcement content: what the node serves, its capacity and where to reach it."""
+
+    protocol_version: Annotated[str, msgspec.Meta(max_length=16)] = PROTOCOL_VERSION
+    backend: Annotated[str, msgspec.Meta(max_length=64)]
+    models: Annotated[tuple[ModelOffer, ...], msgspec.Meta(max_length=64)] = ()
+    vram_tier: Annotated[str, msgspec.Meta(max_length=32)] = "cpu"
+    gpu: _Short = ""
+    slots_total: _Count = 1
+    slots_free: _Count = 1
+    load: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.0
+    listen_addrs: Annotated[tuple[_Short, ...], msgspec.Meta(max_length=16)] = ()
+    expires_at: _UnixTime
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A verified announcement: the event as received, its parsed content and its signer."""
+
+    event: Event
+    caps: Capabilities
+    pubkey: PublicKey
+
+
+def _inconsistency(caps: Capabilities) -> str | None:
+    names = [offer.name for offer in caps.models]
+    if len(set(names)) != len(names):
+        return "a model name appears twice"
+    if caps.slots_free > caps.slots_total:
+        return "more free slots than slots"
+    return None
+
+
+def _announcement_tags(pubkey_hex: str, caps: Capabilities) -> tuple[tuple[str, ...], ...]:
+    models = tuple(("m", offer.name) for offer in caps.models)
+    return (("d", pubkey_hex), *models, ("expiration", str(caps.expires_at)))
+
+
+def build_announcement(
+    caps: Capabilities,
+    secret_key: SecretKey,
+    now: int,
+    aux: bytes | None = None,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Event:
+    """Sign ``caps`` as an announcement event created at ``now`` (unix seconds).
+
+    Raises:
+        LocalProtocolError: ``caps`` breaks a bound, is already expired at ``now``, or the
+            event would exceed ``max_size`` bytes — receivers would drop it.
+    """
+    content = msgspec.json.encode(caps)
+    try:  # the bounds live in the type and are checked only on decode: round-trip
+        msgspec.json.decode(content, type=Capabilities)
+    except msgspec.ValidationError as exc:
+        raise LocalProtocolError(f"capabilities break a bound: {exc}") from None
+    if (problem := _inconsistency(caps)) is not None:
+        raise LocalProtocolError(f"capabilities are inconsistent: {problem}")
+    if caps.expires_at < now:
+        raise LocalProtocolError("announcement would already be expired")
+    pubkey_hex = secret_key.public_key.hex()
+    unsigned = UnsignedEvent(
+        pubkey=pubkey_hex,
+        created_at=now,
+        kind=ANNOUNCE_KIND,
+        tags=_announcement_tags(pubkey_hex, caps),
+        content=content.decode("utf-8"),
+    )
+    event = sign_event(unsigned, secret_key, aux)
+    if len(encode_event(event)) > max_size:
+        raise LocalProtocolError(f"announcement is over the {max_size}-byte limit")
+    return event
+
+
+def _major_version(version: str) -> int | None:
+    major, _, _ = version.partition(".")
+    return int(major) if major.isascii() and major.isdigit() and len(major) <= 4 else None
+
+
+def _decode_caps(content: str) -> Capabilities:
+    try:
+        return msgspec.json.decode(content.encode("utf-8"), type=Capabilities)
+    except (msgspec.MsgspecError, RecursionError, UnicodeError) as exc:
+        raise RemoteProtocolError(f"malformed announcement content: {exc}") from None
+
+
+def _check_tags(event: Event, caps: Capabilities) -> None:
+    if tag_values(event, "d") != [event.pubkey]:
+        raise RemoteProtocolError("announcement d tag is not the node pubkey")
+    if tag_values(event, "expiration") != [str(caps.expires_at)]:
+        raise RemoteProtocolError("announcement expiration tag does not match its content")
+
+
+def parse_announcement(
+    data: bytes,
+    *,
+    now: int,
+    sender_pubkey: PublicKey | None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_future_skew: int = 60,
+) -> Announcement:
+    """Decode and check a received announcement; ``sender_pubkey`` None skips the sender check.
+
+    Raises:
+        RemoteProtocolError: oversized or malformed, wrong kind, "from the future",
+            "expired", inconsistent tags or content, or "unsupported protocol version".
+        SignatureError: bad id or signature, or "announcement pubkey does not match sender
+            peer id".
+    """
+    event = decode_event(data, max_size)
+    if event.kind != ANNOUNCE_KIND:
+        raise RemoteProtocolError(f"event kind {event.kind} is not an announcement")
+    verify_event(event)
+    pubkey = PublicKey.from_hex(event.pubkey)
+    if sender_pubkey is not None and pubkey != sender_pubkey:
+        raise SignatureError("announcement pubkey does not match sender peer id")
+    if event.created_at > now + max_future_skew:
+        raise RemoteProtocolError("announcement is from the future")
+    caps = _decode_caps(event.content)
+    if _major_version(caps.protocol_version) != SUPPORTED_MAJOR:
+        raise RemoteProtocolError(f"unsupported protocol version {caps.protocol_version!r}")
+    if (problem := _inconsistency(caps)) is not None:
+        raise RemoteProtocolError(f"announcement is inconsistent: {problem}")
+    _check_tags(event, caps)
+    if now > caps.expires_at:
+        raise RemoteProtocolError("announcement expired")
+    return Announcement(event=event, caps=caps, pubkey=pubkey)

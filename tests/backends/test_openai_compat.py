@@ -1,0 +1,346 @@
+"""Unit tests of `OpenAICompatBackend` against `httpx.MockTransport` (no sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+import pytest
+
+from infernet.backends.base import ChatMessage, ChatRequest, ModelInfo, TextDelta, Usage
+from infernet.backends.openai_compat import CompletionPrompt, OpenAICompatBackend
+from infernet.protocol.errors import BackendError
+
+BASE = "http://engine.test"
+REQUEST = ChatRequest(
+    model="m", messages=(ChatMessage(role="user", content="Hi?"),), max_tokens=5, stop=("X",)
+)
+USAGE = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def sse(*events: dict[str, Any] | str) -> bytes:
+    """Encode SSE ``data:`` events; a str is sent verbatim (``[DONE]``, garbage)."""
+    return b"".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events
+    )
+
+
+def sse_response(body: bytes | httpx.AsyncByteStream) -> httpx.Response:
+    headers = {"content-type": "text/event-stream"}
+    if isinstance(body, bytes):
+        return httpx.Response(200, headers=headers, content=body)
+    return httpx.Response(200, headers=headers, stream=body)
+
+
+# Stopping a stream half-way leaves httpx's nested response generators suspended, and trio
+# warns when they are collected (encode/httpx#3686, unfixed in 0.28.1). Tests of abort paths
+# ignore exactly that warning; the happy paths read to EOF and must not raise it.
+ignore_httpx_abandoned_generators = pytest.mark.filterwarnings(
+    "ignore:Async generator 'httpx.:ResourceWarning"
+)
+
+
+class ScriptedStream(httpx.AsyncByteStream):
+    """A response body that sends ``parts`` and then raises ``error`` (or never ends).
+
+    An iterator object rather than an async generator, so trio has nothing to warn about.
+    """
+
+    def __init__(self, parts: list[bytes], error: Exception | None = None, *, endless=False):
+        self.parts, self.error, self.endless, self.closed = list(parts), error, endless, False
+
+    def __aiter__(self) -> ScriptedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.parts:
+            return self.parts.pop(0)
+        if self.endless:
+            return sse(chunk("more"))
+        if self.error is not None:
+            raise self.error
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+async def make_backend() -> AsyncIterator[Callable[..., OpenAICompatBackend]]:
+    """Build adapters over a MockTransport; closes every client afterwards."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(handler: Handler, **kwargs: Any) -> OpenAICompatBackend:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        clients.append(client)
+        return OpenAICompatBackend(BASE, client=client, **kwargs)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def answering(response: httpx.Response, seen: list[httpx.Request] | None = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        return response
+
+    return handler
+
+
+async def stream_error(backend: OpenAICompatBackend) -> tuple[list[str], BackendError]:
+    """Run a stream that must fail; return the texts seen before the error, and the error."""
+    texts: list[str] = []
+    with pytest.raises(BackendError) as info:
+        async for item in backend.stream_chat(REQUEST):
+            if isinstance(item, TextDelta):
+                texts.append(item.text)
+    return texts, info.value
+
+
+# --- happy paths ---------------------------------------------------------------------------
+
+
+async def test_chat_stream_yields_deltas_then_engine_usage(make_backend, drain) -> None:
+    seen: list[httpx.Request] = []
+    body = sse(
+        chunk(""),  # role-only opening chunk: nothing to yield
+        chunk("Hel"),
+        chunk("lo"),
+        chunk(None, "length"),
+        USAGE,
+        "[DONE]",
+    )
+    backend = make_backend(answering(sse_response(body), seen))
+    texts, usage = await drain(backend.stream_chat(REQUEST))
+    assert texts == ["Hel", "lo"]
+    assert usage == Usage(prompt_tokens=7, completion_tokens=3, finish_reason="length")
+    (request,) = seen
+    assert request.method == "POST"
+    assert request.url == f"{BASE}/v1/chat/completions"
+    sent = json.loads(request.content)
+    assert sent == {
+        "model": "m",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Hi?"}],
+        "max_tokens": 5,
+        "stop": ["X"],
+    }
+
+
+async def test_usage_inside_the_last_content_chunk(make_backend, drain) -> None:
+    # llama.cpp and vLLM differ in where usage goes; both shapes must work.
+    last = chunk("!", "stop") | {"usage": USAGE["usage"]}
+    backend = make_backend(answering(sse_response(sse(chunk("Hi"), last, "[DONE]"))))
+    texts, usage = await drain(backend.stream_chat(REQUEST))
+    assert texts == ["Hi", "!"]
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.finish_reason) == (7, 3, "stop")
+
+
+async def test_usage_then_eof_without_done_is_complete(make_backend, drain) -> None:
+    backend = make_backend(answering(sse_response(sse(chunk("a", "stop"), USAGE))))
+    texts, usage = await drain(backend.stream_chat(REQUEST))
+    assert texts == ["a"] and usage.completion_tokens == 3
+
+
+async def test_prompt_formatter_uses_raw_completions(make_backend, drain) -> None:
+    seen: list[httpx.Request] = []
+
+    def formatter(request: ChatRequest) -> CompletionPrompt:
+        return CompletionPrompt(prompt="Q: Hi?\nA:", stop=("\nQ:",), max_tokens=9, temperature=0.0)
+
+    body = sse({"choices": [{"text": " yes", "finish_reason": None}]}, USAGE, "[DONE]")
+    backend = make_backend(answering(sse_response(body), seen), prompt_formatter=formatter)
+    texts, _ = await drain(backend.stream_chat(REQUEST))
+    assert texts == [" yes"]
+    assert seen[0].url == f"{BASE}/v1/completions"
+    sent = json.loads(seen[0].content)
+    assert "messages" not in sent
+    assert sent["prompt"] == "Q: Hi?\nA:"
+    assert (sent["stop"], sent["max_tokens"], sent["temperature"]) == (["\nQ:"], 9, 0.0)
+
+
+async def test_every_request_carries_timeouts(make_backend, drain) -> None:
+    seen: list[httpx.Request] = []
+    body = sse(chunk("a"), USAGE, "[DONE]")
+    backend = make_backend(
+        answering(sse_response(body), seen), connect_timeout=1.5, read_timeout=7.0
+    )
+    await drain(backend.stream_chat(REQUEST))
+    await backend.health()
+    stream_timeout, health_timeout = (r.extensions["timeout"] for r in seen)
+    assert (stream_timeout["connect"], stream_timeout["read"]) == (1.5, 7.0)
+    assert all(v is not None and v <= 5 for v in health_timeout.values())
+
+
+@ignore_httpx_abandoned_generators
+async def test_closing_the_iteration_closes_the_response(make_backend) -> None:
+    body = ScriptedStream([], endless=True)
+    backend = make_backend(answering(sse_response(body)))
+    async with aclosing(backend.stream_chat(REQUEST)) as items:
+        async for item in items:
+            assert item == TextDelta(text="more")
+            break
+    assert body.closed
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+@ignore_httpx_abandoned_generators
+async def test_malformed_chunk_is_internal_error(make_backend) -> None:
+    backend = make_backend(answering(sse_response(sse(chunk("ok"), "{not json"))))
+    texts, error = await stream_error(backend)
+    assert texts == ["ok"]
+    assert error.code == "internal_error"
+
+
+@ignore_httpx_abandoned_generators
+async def test_error_event_mid_stream_is_internal_error(make_backend) -> None:
+    event = {"error": {"code": 500, "message": "slot crashed", "type": "server_error"}}
+    backend = make_backend(answering(sse_response(sse(event))))
+    _, error = await stream_error(backend)
+    assert error.code == "internal_error" and "slot crashed" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (500, "internal_error"),
+        (400, "bad_request"),
+        (404, "bad_request"),
+        (503, "backend_unavailable"),
+    ],
+)
+async def test_error_status_keeps_engine_message(make_backend, status: int, code: str) -> None:
+    body = {"error": {"code": status, "message": "the engine says no", "type": "x"}}
+    backend = make_backend(answering(httpx.Response(status, json=body)))
+    _, error = await stream_error(backend)
+    assert error.code == code
+    assert "the engine says no" in error.message and str(status) in error.message
+
+
+async def test_error_status_with_plain_text_body(make_backend) -> None:
+    backend = make_backend(answering(httpx.Response(502, text="bad gateway")))
+    _, error = await stream_error(backend)
+    assert error.code == "internal_error" and "bad gateway" in error.message
+
+
+async def test_connection_refused_is_backend_unavailable(make_backend) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    backend = make_backend(refuse)
+    _, error = await stream_error(backend)
+    assert error.code == "backend_unavailable"
+    with pytest.raises(BackendError) as info:
+        await backend.list_models()
+    assert info.value.code == "backend_unavailable"
+    assert await backend.health() is False
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [httpx.RemoteProtocolError("peer closed connection"), httpx.ReadError("reset by peer")],
+)
+async def test_connection_drop_mid_stream_is_node_disconnected(make_backend, drop) -> None:
+    body = ScriptedStream([sse(chunk("par")), sse(chunk("tial"))], drop)
+    backend = make_backend(answering(sse_response(body)))
+    texts, error = await stream_error(backend)
+    assert texts == ["par", "tial"]
+    assert error.code == "node_disconnected"
+    assert "died mid-stream" in error.message
+
+
+async def test_eof_before_usage_is_node_disconnected(make_backend) -> None:
+    backend = make_backend(answering(sse_response(sse(chunk("a"), chunk("b")))))
+    texts, error = await stream_error(backend)
+    assert texts == ["a", "b"]
+    assert error.code == "node_disconnected" and "died mid-stream" in error.message
+
+
+async def test_done_without_usage_is_internal_error(make_backend) -> None:
+    backend = make_backend(answering(sse_response(sse(chunk("a", "stop"), "[DONE]"))))
+    _, error = await stream_error(backend)
+    assert error.code == "internal_error" and "usage" in error.message
+
+
+async def test_read_timeout_mid_stream_is_timeout(make_backend) -> None:
+    body = ScriptedStream([sse(chunk("a"))], httpx.ReadTimeout("read timed out"))
+    backend = make_backend(answering(sse_response(body)))
+    _, error = await stream_error(backend)
+    assert error.code == "timeout"
+
+
+async def test_non_sse_answer_is_internal_error(make_backend) -> None:
+    backend = make_backend(answering(httpx.Response(200, json={"choices": []})))
+    _, error = await stream_error(backend)
+    assert error.code == "internal_error"
+
+
+# --- health, models, lifecycle -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False), (500, False)])
+async def test_health_reflects_status(make_backend, status: int, healthy: bool) -> None:
+    seen: list[httpx.Request] = []
+    backend = make_backend(answering(httpx.Response(status, json={"status": "x"}), seen))
+    assert await backend.health() is healthy
+    assert seen[0].url == f"{BASE}/health"
+
+
+async def test_health_never_raises_on_timeout(make_backend) -> None:
+    def hang(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    assert await make_backend(hang).health() is False
+
+
+async def test_list_models_parses_openai_listing(make_backend) -> None:
+    listing = {
+        "object": "list",
+        "data": [
+            {"id": "gemma3-270m", "object": "model", "meta": {"size": 246587904, "n_ctx": 2048}},
+            {"id": "other", "object": "model", "owned_by": "vllm"},
+        ],
+    }
+    backend = make_backend(answering(httpx.Response(200, json=listing)))
+    assert await backend.list_models() == [
+        ModelInfo(name="gemma3-270m", size_bytes=246587904),
+        ModelInfo(name="other"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [httpx.Response(200, text="<html>"), httpx.Response(200, json={"models": []})],
+)
+async def test_list_models_rejects_garbage(make_backend, response: httpx.Response) -> None:
+    with pytest.raises(BackendError) as info:
+        await make_backend(answering(response)).list_models()
+    assert info.value.code == "internal_error"
+
+
+async def test_aclose_closes_only_an_owned_client() -> None:
+    shared = httpx.AsyncClient(transport=httpx.MockTransport(answering(httpx.Response(200))))
+    borrowed = OpenAICompatBackend(BASE, client=shared)
+    await borrowed.aclose()
+    assert not shared.is_closed
+    await shared.aclose()
+
+    owned = OpenAICompatBackend(BASE + "/", name="vllm")
+    assert (owned.name, owned.base_url) == ("vllm", BASE)
+    await owned.aclose()
+    assert owned._client.is_closed
