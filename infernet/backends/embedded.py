@@ -116,7 +116,6 @@ class EmbeddedEngine:
     def __init__(
         self, home: Path, model_path: Path, config: EmbeddedConfig, client: httpx.AsyncClient
     ) -> None:
-        self._home = home
         self._model_path = model_path
         self._config = config
         self._client = client
@@ -154,7 +153,7 @@ class EmbeddedEngine:
             BackendError: the child exited during startup, or was not healthy within
                 ``startup_timeout`` (``backend_unavailable``, with the tail of its log).
         """
-        if self._proc is not None and self._proc.returncode is None:
+        if self._proc is not None and self._proc.poll() is None:
             raise BackendError("the embedded engine is already running")
         self._adapter = None
         self._port_file.parent.mkdir(parents=True, exist_ok=True)
@@ -162,14 +161,15 @@ class EmbeddedEngine:
         started_at = trio.current_time()
         try:
             log_offset = await self._spawn()
-            await self._wait_healthy(log_offset)
+            adapter = await self._wait_healthy(log_offset)
         except BaseException:
             await self.stop()
             raise
+        self._adapter = adapter
         log.info(
             "embedded engine healthy pid=%s url=%s after %.2fs",
             self.pid,
-            self._adapter.base_url if self._adapter else "?",
+            adapter.base_url,
             trio.current_time() - started_at,
         )
 
@@ -233,8 +233,8 @@ class EmbeddedEngine:
             )
         return offset
 
-    async def _wait_healthy(self, log_offset: int) -> None:
-        """Poll the child until its port is known and ``/health`` answers.
+    async def _wait_healthy(self, log_offset: int) -> OpenAICompatBackend:
+        """Poll the child until its port is known and ``/health`` answers; return its adapter.
 
         Raises:
             BackendError: the child exited, or the startup deadline passed.
@@ -242,6 +242,7 @@ class EmbeddedEngine:
         proc = self._proc
         if proc is None:
             raise BackendError("the embedded engine was not spawned")
+        adapter: OpenAICompatBackend | None = None
         try:
             with trio.fail_after(self._config.startup_timeout):
                 while True:
@@ -250,10 +251,10 @@ class EmbeddedEngine:
                             f"embedded engine exited with status {proc.returncode} during "
                             f"startup; log tail:\n{self._log_tail(log_offset)}"
                         )
-                    if self._adapter is None:
-                        self._adapter = self._adapter_for(_read_port(self._port_file))
-                    if self._adapter is not None and await self._adapter.health():
-                        return
+                    if adapter is None:
+                        adapter = self._adapter_for(_read_port(self._port_file))
+                    if adapter is not None and await adapter.health():
+                        return adapter
                     await trio.sleep(_POLL_INTERVAL)
         except trio.TooSlowError:
             raise BackendError(

@@ -17,6 +17,19 @@ FORMAT = "[%(asctime)s] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
+_THIRD_PARTY = ("libp2p", "multiaddr", "hypercorn", "httpx", "httpcore", "quart",
+                "async_service", "coordinator.http")
+
+
+class _QuietThirdParty(logging.Filter):
+    """Drop third-party records below WARNING: libp2p sets its own levels on import."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not record.name.startswith(_THIRD_PARTY)
+
+
 def setup_logging(*, verbose: bool = False, log_file: Path | None = None) -> None:
     """Send our logs to stderr (and ``log_file``); third-party logs only from WARNING up."""
     formatter = logging.Formatter(FORMAT, DATEFMT)
@@ -29,13 +42,12 @@ def setup_logging(*, verbose: bool = False, log_file: Path | None = None) -> Non
         root.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(formatter)
+        if not verbose:
+            handler.addFilter(_QuietThirdParty())
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    noisy_level = logging.INFO if verbose else logging.CRITICAL
-    for name in ("libp2p", "multiaddr", "hypercorn", "hypercorn.error", "httpx", "httpcore",
-                 "quart", "async_service"):
+    for name in _THIRD_PARTY:
         lg = logging.getLogger(name)
-        lg.setLevel(noisy_level)
         lg.propagate = True
         # libp2p attaches its own handlers; route everything through ours instead.
         for handler in list(lg.handlers):

@@ -51,9 +51,12 @@ DIAL_TIMEOUT: Final = 10.0
 DisconnectHandler = Callable[[str], Awaitable[None]]
 
 
-def _patch_happy_eyeballs() -> None:
-    # Module-level in libp2p; idempotent. Done when a host opens, never at import time.
+def _patch_libp2p_globals() -> None:
+    # Module-level state in libp2p; idempotent. Done when a host opens, never at import time.
     _swarm._HAPPY_EYEBALLS_DELAY = 0
+    # `import libp2p` cuts its logger off (propagate=False, no handlers): send its records
+    # to whatever the application configured; the CLI filters them by level.
+    logging.getLogger("libp2p").propagate = True
 
 
 def parse_peer_multiaddr(addr: str) -> tuple[str, multiaddr.Multiaddr]:
@@ -187,7 +190,7 @@ async def open_host(
     Raises:
         TransportError: the port cannot be bound.
     """
-    _patch_happy_eyeballs()
+    _patch_libp2p_globals()
     key_pair = create_new_key_pair(secret_key)
     security = {
         NOISE_PROTOCOL_ID: NoiseTransport(
