@@ -7,8 +7,8 @@ Run as::
 
 Owns: building ``xllamacpp.CommonParams`` and keeping ``xllamacpp.Server`` alive until
 SIGTERM or SIGINT, then exiting with code 0 and no traceback. `infernet.backends.embedded`
-starts and stops it; it runs in its own process because the engine holds the GIL-free C++
-server threads and must be killable without taking the node down.
+starts and stops it. The engine runs in its own process so that a crash or hang in native
+code cannot take the node down, and so that it can always be killed.
 
 xllamacpp facts this relies on (measured with ``xllamacpp==2026.10.11549``):
 - ``Server(params)`` blocks while it loads the model and binds the socket, then returns with
@@ -18,7 +18,11 @@ xllamacpp facts this relies on (measured with ``xllamacpp==2026.10.11549``):
 - A bad model path or a busy port raises ``RuntimeError("Failed to init server ...")``.
 - Dropping the last reference runs ``~Server``, which stops the main loop and joins it.
 - The server installs no signal handlers, so this module blocks SIGTERM/SIGINT before the
-  server's threads exist (they inherit the mask) and takes them with ``sigwait``.
+  server's threads exist (they inherit the mask) and takes them with ``sigtimedwait``.
+- Its HTTP server closes the connection after a streamed response (see ``_NO_KEEPALIVE`` in
+  `infernet.backends.openai_compat`); it accepts any ``model`` name in a request.
+- Defaults worth knowing: ``n_ctx = 0`` (the model's 32768), ``use_jinja = True``,
+  ``ui = True``, ``cache_ram_mib = 8192``, ``verbosity = 3`` (one log block per request).
 
 The model: the Gemma 3 270M GGUF has no ``tokenizer.chat_template`` key in its metadata (read
 from the GGUF v3 header: 33 keys, ``general.*``, ``gemma3.*`` and ``tokenizer.ggml.*`` only). It

@@ -37,6 +37,11 @@ __all__ = ["CompletionPrompt", "OpenAICompatBackend", "PromptFormatter"]
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_READ_TIMEOUT: Final = 120.0
 DEFAULT_HEALTH_TIMEOUT: Final = 2.0
+# llama.cpp's server closes the connection after a streamed response; a request sent on the
+# pooled connection before that close arrives fails with "Server disconnected without sending
+# a response" (measured: 6 of 30 back-to-back streams; none with a fresh connection each).
+# A new connection costs well under a millisecond next to a generation, so none is reused.
+_NO_KEEPALIVE: Final = {"Connection": "close"}
 # An engine's error body is read only up to this size; anything longer is not a message.
 _MAX_ERROR_BODY: Final = 64 * 1024
 
@@ -147,7 +152,7 @@ class OpenAICompatBackend:
         """Return True when ``GET /health`` answers 200 within the health timeout. Never raises."""
         try:
             response = await self._client.get(
-                self._base_url + "/health", timeout=self._health_timeout
+                self._base_url + "/health", headers=_NO_KEEPALIVE, timeout=self._health_timeout
             )
         except httpx.HTTPError:
             return False
@@ -162,7 +167,9 @@ class OpenAICompatBackend:
                 (``internal_error``).
         """
         with _map_transport_errors(streaming=False):
-            response = await self._client.get(self._base_url + "/v1/models", timeout=self._timeout)
+            response = await self._client.get(
+                self._base_url + "/v1/models", headers=_NO_KEEPALIVE, timeout=self._timeout
+            )
         if response.status_code != 200:
             raise _status_error(response.status_code, response.content)
         try:
@@ -199,6 +206,7 @@ class OpenAICompatBackend:
                         "POST",
                         self._base_url + path,
                         json=body,
+                        headers=dict(_NO_KEEPALIVE),
                         timeout=self._timeout,
                     )
                 )

@@ -30,10 +30,15 @@ class _QuietThirdParty(logging.Filter):
         return not record.name.startswith(_THIRD_PARTY)
 
 
-def setup_logging(*, verbose: bool = False, log_file: Path | None = None) -> None:
-    """Send our logs to stderr (and ``log_file``); third-party logs only from WARNING up."""
+def setup_logging(
+    *, verbose: bool = False, log_file: Path | None = None, terminal_level: int = logging.DEBUG
+) -> None:
+    """Send our logs to stderr (from ``terminal_level``) and ``log_file``; third-party
+    records only from WARNING up unless ``verbose``."""
     formatter = logging.Formatter(FORMAT, DATEFMT)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(terminal_level)
+    handlers: list[logging.Handler] = [terminal]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))

@@ -7,6 +7,7 @@ Commands: ``init``, ``start``, ``up`` (a local coordinator + node in one process
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +105,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infernet`` console script."""
     args = _parser().parse_args(argv)
-    setup_logging(verbose=args.verbose)
+    if args.command == "up" and not args.verbose:
+        # The demo's answer streams to the terminal: keep routine log lines in the file.
+        setup_logging(log_file=_home() / "logs" / "up.log", terminal_level=logging.WARNING)
+    else:
+        setup_logging(verbose=args.verbose)
     commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up}
     try:
         return commands[args.command](args)

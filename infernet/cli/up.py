@@ -127,6 +127,7 @@ async def run_up(home: Path, args: argparse.Namespace, scope: trio.CancelScope) 
             _say()
             _say(f"Infernet is up in {time.perf_counter() - started:.1f} s: "
                  f"coordinator + 1 node serving {model}.")
+            _say(f"Logs: {home / 'logs' / 'up.log'}")
             _say("Point any OpenAI SDK at it (export these two lines):")
             _say(f"OPENAI_BASE_URL={base}")
             _say(f"OPENAI_API_KEY={token}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -104,6 +105,9 @@ class MeshHost:
         self.pubsub = pubsub
         self.max_connections = max_connections
         self._disconnect_handlers: list[DisconnectHandler] = []
+        # Secured sessions of every connection ever opened: 0.8.1's close path can leave the
+        # TCP socket open, so `open_host` closes these itself on exit (weakly held).
+        self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def peer_id(self) -> str:
@@ -128,6 +132,9 @@ class MeshHost:
         self._disconnect_handlers.append(handler)
 
     async def _on_connected(self, conn: INetConn) -> None:
+        session = getattr(conn.muxed_conn, "secured_conn", None)
+        if session is not None:
+            self._sessions.add(session)
         total = sum(len(cs) for cs in self.host.get_network().get_connections_map().values())
         if total > self.max_connections:
             peer = conn.muxed_conn.peer_id
@@ -175,6 +182,16 @@ class MeshHost:
             raise TransportError(f"opening {protocol} to {peer_id} timed out") from None
         except Exception as exc:
             raise TransportError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+
+
+async def _close_all(mesh: MeshHost) -> None:
+    """Close the host, then any TCP session it left open (``host.close()`` alone leaks)."""
+    await mesh.host.close()
+    for session in list(mesh._sessions):
+        try:
+            await session.close()
+        except Exception as exc:  # already closed by libp2p: nothing left to release
+            log.debug("closing session: %s", exc)
 
 
 @asynccontextmanager
@@ -228,4 +245,4 @@ async def open_host(
         raise TransportError(f"cannot listen on {listen_host}:{port}: {exc}") from None
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await host.close()
+            await _close_all(mesh)

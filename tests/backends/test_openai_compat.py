@@ -172,7 +172,7 @@ async def test_prompt_formatter_uses_raw_completions(make_backend, drain) -> Non
     assert (sent["stop"], sent["max_tokens"], sent["temperature"]) == (["\nQ:"], 9, 0.0)
 
 
-async def test_every_request_carries_timeouts(make_backend, drain) -> None:
+async def test_every_request_carries_timeouts_and_no_keepalive(make_backend, drain) -> None:
     seen: list[httpx.Request] = []
     body = sse(chunk("a"), USAGE, "[DONE]")
     backend = make_backend(
@@ -181,6 +181,8 @@ async def test_every_request_carries_timeouts(make_backend, drain) -> None:
     await drain(backend.stream_chat(REQUEST))
     await backend.health()
     stream_timeout, health_timeout = (r.extensions["timeout"] for r in seen)
+    # llama.cpp closes connections after a stream; reusing one races with that close.
+    assert all(r.headers["connection"] == "close" for r in seen)
     assert (stream_timeout["connect"], stream_timeout["read"]) == (1.5, 7.0)
     assert all(v is not None and v <= 5 for v in health_timeout.values())
 
