@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _MAX_MESSAGES = 1024
+_TokenCount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -68,12 +69,12 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     messages: Annotated[list[ChatMessageIn], msgspec.Meta(min_length=1, max_length=_MAX_MESSAGES)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens: _TokenCount | None = None
+    max_completion_tokens: _TokenCount | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
 
 
 class BadRequest(ValueError):
@@ -94,6 +95,10 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except UnicodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("request body nests too deeply") from None
 
 
 def to_job_request(req: ChatCompletionRequest, job_id: str) -> JobRequest:

@@ -86,7 +86,7 @@ class FinalFrame(msgspec.Struct, frozen=True, kw_only=True, tag="final"):
 
 
 class JobErrorFrame(msgspec.Struct, frozen=True, kw_only=True, tag="error"):
-    """Either side: the job failed with a wire error code."""
+    """Node → client: the job failed with a wire error code (a client stops with Cancel)."""
 
     job_id: str
     code: ErrorCode
@@ -121,7 +121,10 @@ def encode_frame(frame: Frame) -> bytes:
     Raises:
         LocalProtocolError: the encoded frame exceeds `MAX_FRAME_SIZE`.
     """
-    body = _encoder.encode(frame)
+    try:
+        body = _encoder.encode(frame)
+    except (OverflowError, msgspec.EncodeError) as exc:
+        raise LocalProtocolError(f"frame cannot be encoded: {exc}") from None
     if len(body) > MAX_FRAME_SIZE:
         raise LocalProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
     return len(body).to_bytes(_PREFIX, "big") + body
@@ -161,8 +164,10 @@ class FrameDecoder:
         del self._buf[: _PREFIX + size]
         try:
             return _decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             raise RemoteProtocolError(f"undecodable frame: {exc}") from None
+        except RecursionError:
+            raise RemoteProtocolError("frame nests too deeply") from None
 
     @property
     def buffered(self) -> int:

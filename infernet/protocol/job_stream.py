@@ -42,7 +42,9 @@ TRANSITIONS: Final[dict[tuple[State, type[Frame]], State]] = {
     ("streaming", FinalFrame): "done",
     ("streaming", JobErrorFrame): "error",
     ("streaming", Cancel): "cancelled",
-    # A node may still finish or report after a cancel raced with its last frames.
+    # A node may still accept, finish or report after a cancel raced with its frames.
+    # After its final frame a node stops reading, so a cancel crossing it is never seen.
+    ("cancelled", Accepted): "cancelled",
     ("cancelled", Chunk): "cancelled",
     ("cancelled", FinalFrame): "cancelled",
     ("cancelled", JobErrorFrame): "cancelled",
@@ -92,9 +94,14 @@ class JobStream:
         """Buffer bytes read from the peer.
 
         Raises:
-            RemoteProtocolError: the peer sent more than a frame may hold.
+            RemoteProtocolError: the peer sent more than a frame may hold; the stream is
+                then in the sticky error state.
         """
-        self._decoder.receive_data(data)
+        try:
+            self._decoder.receive_data(data)
+        except RemoteProtocolError:
+            self.state = "error"
+            raise
 
     def next_event(self) -> Frame | NeedData:
         """Return the peer's next frame, or `NEED_DATA`.
