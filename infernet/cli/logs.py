@@ -22,16 +22,22 @@ _THIRD_PARTY = ("libp2p", "multiaddr", "hypercorn", "httpx", "httpcore", "quart"
 
 
 class _QuietThirdParty(logging.Filter):
-    """Drop third-party records below WARNING: libp2p sets its own levels on import."""
+    """Drop third-party records below ``level``: libp2p sets its own levels on import."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        return not record.name.startswith(_THIRD_PARTY)
+        return record.levelno >= self.level or not record.name.startswith(_THIRD_PARTY)
 
 
 def setup_logging(
-    *, verbose: bool = False, log_file: Path | None = None, terminal_level: int = logging.DEBUG
+    *,
+    verbose: bool = False,
+    log_file: Path | None = None,
+    terminal_level: int = logging.DEBUG,
+    third_party_level: int = logging.WARNING,
 ) -> None:
     """Send our logs to stderr (from ``terminal_level``) and ``log_file``; third-party
     records only from WARNING up unless ``verbose``."""
@@ -48,7 +54,7 @@ def setup_logging(
     for handler in handlers:
         handler.setFormatter(formatter)
         if not verbose:
-            handler.addFilter(_QuietThirdParty())
+            handler.addFilter(_QuietThirdParty(third_party_level))
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in _THIRD_PARTY:

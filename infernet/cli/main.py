@@ -1,7 +1,8 @@
 """The ``infernet`` command: parse arguments, call the library, render the result.
 
-Commands: ``init``, ``start``, ``up`` (a local coordinator + node in one process), and
-``--version``. argparse (standard library) does the parsing; exit code 0 only on success.
+Commands: ``init``, ``start``, ``up`` (a local coordinator + node in one process), ``chat``
+(one question, to a peer or through a coordinator) and ``--version``. argparse (standard
+library) does the parsing; exit code 0 only on success.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import trio
 
 from infernet import __version__
+from infernet.cli.chat import add_chat_command
 from infernet.cli.logs import setup_logging
 from infernet.cli.signals import run_until_signal
 from infernet.protocol.errors import InfernetError
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                        "embedded engine")
     start.add_argument("--no-advertise", action="store_true",
                        help="keep listen addresses out of announcements")
+
+    add_chat_command(sub)
 
     up = sub.add_parser("up", help="run a local network: coordinator + node + demo chat")
     up.add_argument("--api-port", type=int, default=8080, help="HTTP port (default 8080)")
@@ -96,6 +100,12 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return trio.run(run_until_signal, main)
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from infernet.cli.chat import run_chat
+
+    return trio.run(run_chat, args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from infernet.cli.up import run_up
 
@@ -108,9 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up" and not args.verbose:
         # The demo's answer streams to the terminal: keep routine log lines in the file.
         setup_logging(log_file=_home() / "logs" / "up.log", terminal_level=logging.WARNING)
+    elif args.command == "chat" and not args.verbose:
+        # Our own error line says why a dial failed; libp2p's retries would only repeat it.
+        setup_logging(terminal_level=logging.WARNING, third_party_level=logging.CRITICAL)
     else:
         setup_logging(verbose=args.verbose)
-    commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up}
+    commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up, "chat": _cmd_chat}
     try:
         return commands[args.command](args)
     except InfernetError as exc:

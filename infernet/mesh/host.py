@@ -243,6 +243,17 @@ async def open_host(
                 yield mesh
     except OSError as exc:
         raise TransportError(f"cannot listen on {listen_host}:{port}: {exc}") from None
+    except BaseExceptionGroup as group:
+        # libp2p's nurseries wrap whatever the caller's block raised in nested groups of
+        # one; hand the caller back its own exception.
+        raise _lone_exception(group) from None
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await _close_all(mesh)
+
+
+def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

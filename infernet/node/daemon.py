@@ -28,8 +28,10 @@ from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
+from infernet.mesh.peer_table import PeerTable
 from infernet.node.config import NodeConfig
 from infernet.node.jobs import JobExecutor
+from infernet.node.relay import Relay
 from infernet.protocol.announce import Announcement, Capabilities, ModelOffer, build_announcement
 from infernet.protocol.errors import BackendError
 from infernet.protocol.event import encode_event
@@ -118,10 +120,6 @@ class _Announcer:
             await trio.sleep(MESH_CHECK_EVERY)  # periodic check of the gossip mesh
 
 
-async def _ignore_announcement(ann: Announcement, peer_id: str) -> None:
-    log.debug("peer %s announced %d models", peer_id, len(ann.caps.models))
-
-
 async def run_node(
     home: Path,
     config: NodeConfig,
@@ -138,15 +136,27 @@ async def run_node(
     async with open_backend(config, home) as backend:
         models = {m.name for m in await backend.list_models()}
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
-        executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex())
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
+            table = PeerTable()
+            relay = Relay(mesh, table, key.public_key.hex())
+            executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
+                                   relay=relay)
+
+            async def on_announcement(ann: Announcement, peer_id: str) -> None:
+                table.update(ann, peer_id, trio.current_time(),
+                             connected=mesh.is_connected(peer_id))
+
+            async def on_disconnect(peer_id: str) -> None:
+                table.mark_disconnected(peer_id)
+
+            mesh.on_disconnect(on_disconnect)
 
             async def handle(stream: Any) -> None:
                 await serve_job_stream(stream, executor.run)
 
             mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
-            gossip = AnnouncementGossip(mesh, _ignore_announcement)
+            gossip = AnnouncementGossip(mesh, on_announcement)
             announcer = _Announcer(key, config, mesh, executor, backend.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(gossip.serve)

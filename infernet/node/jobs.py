@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
 
 from infernet.backends.base import Backend, ChatMessage, ChatRequest, TextDelta, Usage
+from infernet.mesh.jobs import SendFrame
+from infernet.node.relay import Relay
 from infernet.protocol.errors import BackendError
 from infernet.protocol.frames import (
     Accepted,
     Chunk,
     FinalFrame,
-    Frame,
     JobErrorFrame,
     JobRequest,
 )
@@ -37,7 +37,6 @@ log = logging.getLogger("infernet.node.jobs")
 _PENDING_DELTAS: Final = 256
 _MAX_BATCH: Final = 64
 
-SendFrame = Callable[[Frame], Awaitable[None]]
 _Item = TextDelta | Usage | BackendError
 _End = Usage | BackendError | None
 
@@ -57,9 +56,17 @@ def _to_chat(request: JobRequest) -> ChatRequest:
 class JobExecutor:
     """Admits jobs against the node's slots and runs them on its backend."""
 
-    def __init__(self, backend: Backend, models: set[str], slots: int, node_pubkey: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        models: set[str],
+        slots: int,
+        node_pubkey: str,
+        relay: Relay | None = None,
+    ) -> None:
         self.backend = backend
         self.models = models
+        self.relay = relay
         self.limiter = trio.CapacityLimiter(max(slots, 1))
         self.node_pubkey = node_pubkey
         self.completed = 0
@@ -74,8 +81,13 @@ class JobExecutor:
         """Answer ``request`` from ``peer`` by sending frames through ``send``. Cancel-safe."""
         job = request.job_id
         if request.model not in self.models:
-            await send(JobErrorFrame(job_id=job, code="model_not_found",
-                                     message=f"this node does not serve {request.model!r}"))
+            if self.relay is not None and self.relay.can_route(request.model):
+                await self.relay.run(request, send)
+                return
+            served = ", ".join(sorted(self.models)) or "nothing"
+            await send(JobErrorFrame(
+                job_id=job, code="model_not_found",
+                message=f"this node does not serve {request.model!r} (it serves: {served})"))
             return
         try:
             self.limiter.acquire_on_behalf_of_nowait(job)

@@ -1,0 +1,95 @@
+"""Choosing a node for a job and failing over before the first token.
+
+Owns: the candidate list for a model (online nodes that announce it, most free slots first,
+ties broken at random so load spreads), and `dispatch`, which opens the job on the first
+candidate that accepts. A refusal, an unreachable node or a missing ``accepted`` within
+`ACCEPT_TIMEOUT` moves on to the next candidate. Used by the coordinator and by nodes that
+relay jobs for models they do not serve.
+
+Invariants: no job is sent to a node that has not announced the model in a verified
+announcement; an unknown model is ``model_not_found``; a model whose nodes are all busy or
+unreachable is ``no_capacity``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Container
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final
+
+from infernet.mesh.host import MeshHost
+from infernet.mesh.jobs import JobCall, open_job
+from infernet.mesh.peer_table import PeerEntry, PeerTable
+from infernet.protocol.errors import InfernetError, JobFailed, TransportError
+from infernet.protocol.frames import JobRequest
+
+__all__ = ["ACCEPT_TIMEOUT", "candidates", "dispatch"]
+
+log = logging.getLogger("infernet.mesh.routing")
+
+ACCEPT_TIMEOUT: Final = 10.0
+_FAIL_OVER_CODES: Final = frozenset({"no_capacity", "model_not_found", "backend_unavailable"})
+
+
+def candidates(
+    table: PeerTable, model: str, now: float, exclude: Container[str] = ()
+) -> list[PeerEntry]:
+    """Online nodes serving ``model`` (minus ``exclude``d pubkeys), best first.
+
+    Raises:
+        InfernetError: ``no_capacity`` when no node is online at all, ``model_not_found``
+            when online nodes exist but none serves ``model``.
+    """
+    online = [e for e in table.online(now) if e.pubkey not in exclude]
+    if not online:
+        raise InfernetError("no node is online in the network right now", code="no_capacity")
+    serving = [e for e in online if e.serves(model)]
+    if not serving:
+        raise InfernetError(f"no online node serves model {model!r}", code="model_not_found")
+    random.shuffle(serving)  # the sort below is stable: equal nodes stay in random order
+    serving.sort(key=lambda e: e.announcement.caps.slots_free, reverse=True)
+    return serving
+
+
+@asynccontextmanager
+async def dispatch(
+    mesh: MeshHost,
+    table: PeerTable,
+    request: JobRequest,
+    now: float,
+    *,
+    exclude: Container[str] = (),
+    accept_timeout: float = ACCEPT_TIMEOUT,
+) -> AsyncIterator[tuple[JobCall, PeerEntry]]:
+    """Open ``request`` on the first candidate that accepts it; yield the call and the node.
+
+    Raises:
+        InfernetError: as `candidates`, or ``no_capacity`` when every candidate refused
+            or was unreachable.
+        JobFailed: a node rejected the request itself (``bad_request``).
+    """
+    last: InfernetError | None = None
+    for entry in candidates(table, request.model, now, exclude):
+        stack = AsyncExitStack()
+        try:
+            call = await stack.enter_async_context(open_job(mesh, entry.peer_id, request))
+            await call.accepted(accept_timeout)
+        except (JobFailed, TransportError) as exc:
+            await stack.aclose()
+            if isinstance(exc, JobFailed) and exc.code not in _FAIL_OVER_CODES:
+                raise
+            log.info("job %s: node %s unavailable (%s: %s); trying next",
+                     request.job_id, entry.pubkey[:12], exc.code, exc)
+            last = exc
+            continue
+        except BaseException:
+            await stack.aclose()
+            raise
+        async with stack:
+            yield call, entry
+        return
+    detail = f" (last: {last})" if last else ""
+    raise InfernetError(f"every node serving {request.model!r} is busy or unreachable{detail}",
+                        code="no_capacity")

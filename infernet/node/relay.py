@@ -1,0 +1,79 @@
+"""Relaying a job the node cannot serve itself to a peer that announces the model.
+
+Owns: the relay path of `JobExecutor`: pick the best peer from the node's own peer table
+(`mesh.routing.dispatch`, with failover before the first token) and forward its frames to
+the client unchanged, so provenance (the serving node's pubkey in ``accepted``) survives.
+
+Loop protection by construction: a job is only ever relayed to a node that announces the
+model, and a node announces only models its own engine serves, which it runs locally before
+considering a relay. So a job crosses at most one relay hop. Relays are bounded by
+`MAX_RELAYS` concurrent jobs; beyond that the client gets ``no_capacity``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from typing import Final
+
+import trio
+
+from infernet.mesh.host import MeshHost
+from infernet.mesh.jobs import SendFrame
+from infernet.mesh.peer_table import PeerTable
+from infernet.mesh.routing import dispatch
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.frames import Chunk, JobErrorFrame, JobRequest
+
+__all__ = ["MAX_RELAYS", "Relay"]
+
+log = logging.getLogger("infernet.node.relay")
+
+MAX_RELAYS: Final = 32
+
+
+class Relay:
+    """Forwards jobs for models this node does not serve."""
+
+    def __init__(self, mesh: MeshHost, table: PeerTable, own_pubkey: str) -> None:
+        self.mesh = mesh
+        self.table = table
+        self.own_pubkey = own_pubkey
+        self.limiter = trio.CapacityLimiter(MAX_RELAYS)
+        self.relayed = 0
+
+    def can_route(self, model: str) -> bool:
+        """True when some online peer (not us) announces ``model``."""
+        now = trio.current_time()
+        return any(e.pubkey != self.own_pubkey for e in self.table.serving(model, now))
+
+    async def run(self, request: JobRequest, send: SendFrame) -> None:
+        """Relay ``request`` and forward every frame through ``send``. Cancel-safe.
+
+        Never raises for job failures: they become an ``error`` frame to the client.
+        """
+        job = request.job_id
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(job)
+        except trio.WouldBlock:
+            await send(JobErrorFrame(job_id=job, code="no_capacity", message="relay is busy"))
+            return
+        try:
+            async with dispatch(self.mesh, self.table, request, trio.current_time(),
+                                exclude={self.own_pubkey}) as (call, entry):
+                log.info("job %s relayed to %s", job, entry.pubkey[:12])
+                if call.accepted_frame is not None:
+                    await send(call.accepted_frame)
+                async with aclosing(call.chunks()) as chunks:
+                    async for text in chunks:
+                        await send(Chunk(job_id=job, text=text))
+                final = call.final
+                if final is None:  # chunks() returns only after a final frame
+                    raise InfernetError("upstream ended without a final frame")
+                await send(final)  # same job id: the frame passes through unchanged
+                self.relayed += 1
+        except InfernetError as exc:
+            log.warning("job %s: relay failed: %s: %s", job, exc.code, exc)
+            await send(JobErrorFrame(job_id=job, code=exc.code, message=str(exc)))
+        finally:
+            self.limiter.release_on_behalf_of(job)
