@@ -29,6 +29,7 @@ class PeerEntry:
     announcement: Announcement
     last_seen: float
     connected: bool = True
+    rtt_ms: float | None = None
 
     def serves(self, model: str) -> bool:
         """True when the node's latest announcement offers ``model``."""
@@ -48,8 +49,15 @@ class PeerTable:
         entry = self._entries.get(key)
         if entry is not None and entry.announcement.event.created_at > ann.event.created_at:
             return False
-        self._entries[key] = PeerEntry(key, peer_id, ann, now, connected)
+        rtt = entry.rtt_ms if entry is not None and entry.peer_id == peer_id else None
+        self._entries[key] = PeerEntry(key, peer_id, ann, now, connected, rtt)
         return True
+
+    def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
+        """Record a measured round-trip time to ``peer_id``."""
+        for entry in self._entries.values():
+            if entry.peer_id == peer_id:
+                entry.rtt_ms = rtt_ms
 
     def mark_disconnected(self, peer_id: str) -> list[str]:
         """Mark every entry reached through ``peer_id`` offline; return their pubkeys."""

@@ -28,11 +28,11 @@ from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
-from infernet.mesh.peer_table import PeerTable
+from infernet.mesh.peers import PeerManager
 from infernet.node.config import NodeConfig
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
-from infernet.protocol.announce import Announcement, Capabilities, ModelOffer, build_announcement
+from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
 from infernet.protocol.errors import BackendError
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
@@ -138,29 +138,19 @@ async def run_node(
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
-            table = PeerTable()
-            relay = Relay(mesh, table, key.public_key.hex())
+            peers = PeerManager(mesh, key.public_key.hex())
+            relay = Relay(mesh, peers.table, key.public_key.hex())
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
                                    relay=relay)
-
-            async def on_announcement(ann: Announcement, peer_id: str) -> None:
-                table.update(ann, peer_id, trio.current_time(),
-                             connected=mesh.is_connected(peer_id))
-
-            async def on_disconnect(peer_id: str) -> None:
-                table.mark_disconnected(peer_id)
-
-            mesh.on_disconnect(on_disconnect)
 
             async def handle(stream: Any) -> None:
                 await serve_job_stream(stream, executor.run)
 
             mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
-            gossip = AnnouncementGossip(mesh, on_announcement)
             announcer = _Announcer(key, config, mesh, executor, backend.name)
             async with trio.open_nursery() as nursery:
-                await nursery.start(gossip.serve)
-                nursery.start_soon(announcer.run, gossip)
+                await nursery.start(peers.serve)
+                nursery.start_soon(announcer.run, peers.gossip)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
                 info = NodeInfo(
