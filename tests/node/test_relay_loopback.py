@@ -59,7 +59,7 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -
         await nursery.start(gossip_b.serve)
         await b.connect(a.listen_addrs()[0])
         with trio.fail_after(10):
-            while table.get(key_b.public_key.hex()) is None:  # noqa: ASYNC110 (gossip mesh forming)
+            while table.get(key_b.public_key.hex()) is None:
                 await gossip_b.publish(_announce(key_b, ["m"]))
                 await trio.sleep(0.1)
 
