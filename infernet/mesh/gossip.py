@@ -10,13 +10,15 @@ back on the subscription are dropped; the dedupe set is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
+from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
 from infernet.mesh.host import MeshHost
@@ -30,6 +32,8 @@ log = logging.getLogger("infernet.mesh.gossip")
 
 ANNOUNCE_TOPIC: Final = "infernet/announce/1"
 MAX_ANNOUNCEMENT: Final = 16 << 10
+INVALID_LIMIT: Final = 20
+INVALID_WINDOW: Final = 10.0
 _SEEN_MAX: Final = 4096
 
 AnnouncementHandler = Callable[[Announcement, str], Awaitable[None]]
@@ -42,6 +46,9 @@ class AnnouncementGossip:
         self._mesh = mesh
         self._handler = handler
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._invalid: dict[str, deque[float]] = {}
+        self._offenders_tx, self._offenders_rx = trio.open_memory_channel[str](64)
+        self.dropped_peers = 0
 
     def _parse(self, msg: Any) -> tuple[Announcement, str]:
         sender = public_key_from_peer_id_bytes(bytes(msg.from_id))
@@ -50,20 +57,60 @@ class AnnouncementGossip:
         )
         return ann, peer_id_to_base58(bytes(msg.from_id))
 
-    def _validate(self, _peer: Any, msg: Any) -> bool:
+    def _validate(self, forwarder: Any, msg: Any) -> bool:
         try:
             self._parse(msg)
         except InfernetError as exc:
-            log.warning("dropped announcement: %s", exc)
+            peer = str(forwarder.to_base58())
+            count = self._count_invalid(peer)
+            # A flood would flood the log too: the first few per window are enough.
+            log.log(logging.WARNING if count <= 3 else logging.DEBUG,
+                    "dropped announcement from %s: %s", peer, exc)
             return False
         return True
+
+    def _count_invalid(self, peer: str) -> int:
+        """Disconnect a peer that forwards more than `INVALID_LIMIT` bad messages per window.
+
+        libp2p remembers every message id it sees for minutes, so a garbage flood would
+        otherwise grow memory; cutting the flooder off bounds it.
+        """
+        now = trio.current_time()
+        times = self._invalid.setdefault(peer, deque())
+        times.append(now)
+        while times and now - times[0] > INVALID_WINDOW:
+            times.popleft()
+        count = len(times)
+        if count > INVALID_LIMIT:
+            times.clear()
+            with contextlib.suppress(trio.WouldBlock):
+                self._offenders_tx.send_nowait(peer)
+        if len(self._invalid) > _SEEN_MAX:  # bounded: forget the quiet ones
+            for quiet in [p for p, t in self._invalid.items() if not t]:
+                del self._invalid[quiet]
+        return count
+
+    async def _drop_offenders(self) -> None:
+        async for peer in self._offenders_rx:
+            log.warning("peer %s flooded invalid announcements: disconnecting it", peer)
+            self.dropped_peers += 1
+            with trio.move_on_after(5):
+                try:
+                    await self._mesh.host.disconnect(ID.from_base58(peer))
+                except Exception as exc:  # already gone
+                    log.debug("disconnecting %s: %s", peer, exc)
 
     async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe and hand every new verified announcement to the handler. Runs forever."""
         pubsub = self._mesh.pubsub
         pubsub.set_topic_validator(ANNOUNCE_TOPIC, self._validate, False)
         sub = await pubsub.subscribe(ANNOUNCE_TOPIC)
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_offenders)
+            task_status.started()
+            await self._receive(sub)
+
+    async def _receive(self, sub: Any) -> None:
         while True:
             msg = await sub.get()
             try:

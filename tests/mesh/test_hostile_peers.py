@@ -1,0 +1,123 @@
+"""Hostile peers against a real host: floods, garbage, and the node keeps serving others."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import secrets
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+import trio
+
+from infernet.mesh.gossip import ANNOUNCE_TOPIC, AnnouncementGossip
+from infernet.mesh.host import MeshHost, open_host
+from infernet.mesh.jobs import JOB_PROTOCOL, open_job, serve_job_stream
+from infernet.node.jobs import JobExecutor
+from infernet.protocol.announce import Announcement
+from infernet.protocol.errors import JobFailed
+from infernet.protocol.frames import JobRequest, Message
+from infernet.protocol.keys import SecretKey
+from tests.node.test_jobs import FakeEngine
+
+
+def _key() -> bytes:
+    return SecretKey.generate().even_y().secret_bytes()
+
+
+def _serve(mesh: MeshHost, executor: JobExecutor) -> None:
+    async def handle(stream: Any) -> None:
+        await serve_job_stream(stream, executor.run)
+
+    mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
+
+
+def _request(i: int, text: str = "a b c") -> JobRequest:
+    return JobRequest(job_id=f"j{i}", model="m", messages=(Message(role="user", content=text),))
+
+
+async def _answer(client: MeshHost, node: MeshHost, i: int) -> str:
+    async with open_job(client, node.peer_id, _request(i)) as call:
+        await call.accepted(5)
+        async with aclosing(call.chunks()) as chunks:
+            return "".join([t async for t in chunks])
+
+
+async def test_a_flood_of_requests_gets_no_capacity_and_the_node_recovers() -> None:
+    gate = trio.Event()
+    executor = JobExecutor(FakeEngine(gate=gate), {"m"}, 1, "pk")
+    outcomes: list[str] = []
+    async with open_host(_key(), listen_host="127.0.0.1", port=0) as node, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as attacker:
+        _serve(node, executor)
+        await attacker.connect(node.listen_addrs()[0])
+
+        async def one(i: int) -> None:
+            try:
+                outcomes.append(await _answer(attacker, node, i))
+            except JobFailed as exc:
+                outcomes.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(one, i)
+            with trio.fail_after(10):
+                while outcomes.count("no_capacity") < 49:  # noqa: ASYNC110 (counting refusals)
+                    await trio.sleep(0.01)
+            gate.set()  # the one accepted job may now finish
+        assert sorted(outcomes) == ["a b c ", *["no_capacity"] * 49]
+        assert executor.free_slots == 1
+        assert await _answer(attacker, node, 99) == "a b c "
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.slow
+async def test_thousands_of_garbage_job_streams_leave_memory_flat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pytest keeps every captured record: 10,000 warnings would be the growth we measure.
+    caplog.set_level(logging.ERROR, logger="infernet.mesh.jobs")
+    executor = JobExecutor(FakeEngine(), {"m"}, 4, "pk")
+    async with open_host(_key(), listen_host="127.0.0.1", port=0) as node, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as attacker:
+        _serve(node, executor)
+        await attacker.connect(node.listen_addrs()[0])
+
+        async def garbage(n: int) -> None:
+            for _ in range(n):
+                stream = await attacker.new_stream(node.peer_id, JOB_PROTOCOL)
+                await stream.write(secrets.token_bytes(secrets.randbelow(512) + 1))
+                await stream.reset()
+
+        await garbage(500)  # warm up allocator and caches
+        before = _rss_mb()
+        await garbage(10_000)
+        grown = _rss_mb() - before
+        assert grown < 10, f"RSS grew by {grown:.1f} MB over 10,000 garbage streams"
+        assert await _answer(attacker, node, 1) == "a b c "
+
+
+async def test_a_peer_flooding_garbage_gossip_is_cut_off() -> None:
+    seen: list[Announcement] = []
+
+    async def on_announcement(ann: Announcement, peer_id: str) -> None:
+        seen.append(ann)
+
+    async with open_host(_key(), listen_host="127.0.0.1", port=0) as node, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as attacker, \
+            trio.open_nursery() as nursery:
+        gossip = AnnouncementGossip(node, on_announcement)
+        await nursery.start(gossip.serve)
+        await attacker.pubsub.subscribe(ANNOUNCE_TOPIC)
+        await attacker.connect(node.listen_addrs()[0])
+        with trio.fail_after(10):
+            while node.is_connected(attacker.peer_id):
+                await attacker.pubsub.publish(ANNOUNCE_TOPIC, secrets.token_bytes(200))
+                await trio.sleep(0)
+        assert gossip.dropped_peers == 1
+        assert seen == []
+        nursery.cancel_scope.cancel()
