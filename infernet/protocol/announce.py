@@ -69,6 +69,7 @@ class ModelOffer(msgspec.Struct, frozen=True, kw_only=True):
 
     name: _Name
     weights_hash: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    quantization: Annotated[str, msgspec.Meta(max_length=32)] = ""  # e.g. "Q4_K_M", "fp16"
     context_length: _Count = 0
     price_per_1k_input: _Price = 0.0
     price_per_1k_output: _Price = 0.0

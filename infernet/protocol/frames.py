@@ -17,6 +17,7 @@ from typing import Final
 import msgspec
 
 from infernet.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from infernet.protocol.receipt import SignedReceipt
 
 __all__ = [
     "MAX_FRAME_SIZE",
@@ -57,6 +58,10 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     client_pubkey: str = ""
+    # End-to-end encryption (§8): a NIP-44 v2 payload of the private fields, sealed from
+    # client_pubkey to encrypted_to (the node key or a model key); messages is then empty.
+    encrypted: str = ""
+    encrypted_to: str = ""
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag="accepted"):
@@ -72,6 +77,7 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, tag="chunk"):
 
     job_id: str
     text: str
+    encrypted: str = ""  # §8: NIP-44 payload of {job_id, seq, text}; text is then ""
 
 
 class FinalFrame(msgspec.Struct, frozen=True, kw_only=True, tag="final"):
@@ -83,6 +89,7 @@ class FinalFrame(msgspec.Struct, frozen=True, kw_only=True, tag="final"):
     finish_reason: str = "stop"
     ttft_ms: float = 0.0
     tokens_per_s: float = 0.0
+    receipt: SignedReceipt | None = None  # the node-signed CPR (specs/receipts.md)
 
 
 class JobErrorFrame(msgspec.Struct, frozen=True, kw_only=True, tag="error"):
