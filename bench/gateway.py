@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n = 5 if args.quick else args.n
     root = Path(tempfile.mkdtemp(prefix="infernet-bench-"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "INFERNET_MDNS": "false"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         chome = root / "c"

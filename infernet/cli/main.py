@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                        "embedded engine")
     start.add_argument("--no-advertise", action="store_true",
                        help="keep listen addresses out of announcements")
+    start.add_argument("--no-mdns", action="store_true", help="no LAN discovery (mDNS)")
 
     add_chat_command(sub)
 
@@ -91,6 +92,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         changes.update(backend="llamacpp", backend_url=args.backend_url)
     if args.no_advertise:
         changes["advertise"] = False
+    if args.no_mdns:
+        changes["mdns"] = False
     config = msgspec.structs.replace(config, **changes)
     key = load_node_key(home)
 

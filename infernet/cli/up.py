@@ -114,7 +114,7 @@ async def run_up(home: Path, args: argparse.Namespace, scope: trio.CancelScope) 
         cinfo = await nursery.start(run_coordinator, CoordinatorConfig(
             data_dir=data_dir, http_port=args.api_port, p2p_host="127.0.0.1", p2p_port=0))
         node_config = msgspec.structs.replace(
-            config, listen_host="127.0.0.1", port=args.p2p_port,
+            config, listen_host="127.0.0.1", port=args.p2p_port, mdns=False,
             bootstrap=(cinfo.bootstrap_addrs[0],))
         await nursery.start(run_node, home, node_config, key)
         base = f"{cinfo.api_url}/v1"

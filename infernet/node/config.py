@@ -51,6 +51,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     listen_host: str = "0.0.0.0"
     bootstrap: tuple[str, ...] = ()
     advertise: bool = True
+    mdns: bool = True  # find and dial peers on the LAN (infernet.mesh.mdns); --no-mdns
     backend: BackendKind = "embedded"
     backend_url: str = ""
     engine_threads: int = 2

@@ -28,6 +28,7 @@ from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
+from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
 from infernet.node.config import NodeConfig
 from infernet.node.jobs import JobExecutor
@@ -153,6 +154,8 @@ async def run_node(
                 nursery.start_soon(announcer.run, peers.gossip)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
+                if config.mdns:
+                    await nursery.start(MdnsDiscovery(mesh).serve)
                 info = NodeInfo(
                     pubkey=key.public_key.hex(),
                     peer_id=mesh.peer_id,

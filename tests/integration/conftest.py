@@ -136,6 +136,7 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launche
     env = dict(os.environ)
     env.setdefault("INFERNET_MODEL_CACHE", str(Path.home() / ".cache" / "infernet" / "models"))
     env["PYTHONUNBUFFERED"] = "1"
+    env["INFERNET_MDNS"] = "false"  # mDNS only inside a private netns (tests/mesh/test_mdns.py)
     launcher = Launcher(tmp_path, env)
     yield launcher
     codes = {p.name: p.stop() for p in reversed(launcher.procs)}
