@@ -126,11 +126,12 @@ def encode_frame(frame: Frame) -> bytes:
     """Encode one frame with its length prefix.
 
     Raises:
-        LocalProtocolError: the encoded frame exceeds `MAX_FRAME_SIZE`.
+        LocalProtocolError: the encoded frame exceeds `MAX_FRAME_SIZE`, or a string holds
+            a lone surrogate (no UTF-8 form).
     """
     try:
         body = _encoder.encode(frame)
-    except (OverflowError, msgspec.EncodeError) as exc:
+    except (OverflowError, msgspec.EncodeError, UnicodeEncodeError) as exc:
         raise LocalProtocolError(f"frame cannot be encoded: {exc}") from None
     if len(body) > MAX_FRAME_SIZE:
         raise LocalProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
