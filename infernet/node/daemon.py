@@ -45,6 +45,7 @@ log = logging.getLogger("infernet.node")
 ANNOUNCE_EVERY: Final = 30.0
 ANNOUNCE_TTL: Final = 120
 MESH_CHECK_EVERY: Final = 0.5
+MIN_ANNOUNCE_GAP: Final = 2.0  # re-announce on a change at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +110,24 @@ class _Announcer:
         )
         return encode_event(build_announcement(caps, self.key, now))
 
+    def state(self) -> tuple[tuple[str, ...], int]:
+        """What peers route on: a change here is announced at once (rate-limited)."""
+        return tuple(sorted(self.executor.models)), self.executor.free_slots
+
     async def run(self, gossip: AnnouncementGossip) -> None:
         last_sent = -ANNOUNCE_EVERY
         known: set[str] = set()
+        announced = self.state()
         while True:
             peers = gossip.mesh_peers()
-            if peers - known or trio.current_time() - last_sent >= ANNOUNCE_EVERY:
+            now = trio.current_time()
+            changed = self.state() != announced and now - last_sent >= MIN_ANNOUNCE_GAP
+            if peers - known or changed or now - last_sent >= ANNOUNCE_EVERY:
+                announced = self.state()
                 await gossip.publish(self.encode())
                 last_sent = trio.current_time()
             known = peers
-            await trio.sleep(MESH_CHECK_EVERY)  # periodic check of the gossip mesh
+            await trio.sleep(MESH_CHECK_EVERY)  # periodic check of mesh and load
 
 
 async def run_node(
