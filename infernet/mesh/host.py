@@ -41,7 +41,14 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from infernet.protocol.errors import TransportError
 
-__all__ = ["DEFAULT_PORT", "GOSSIPSUB_PROTOCOL", "MeshHost", "open_host", "parse_peer_multiaddr"]
+__all__ = [
+    "DEFAULT_PORT",
+    "GOSSIPSUB_PROTOCOL",
+    "MeshHost",
+    "lone_exception",
+    "open_host",
+    "parse_peer_multiaddr",
+]
 
 log = logging.getLogger("infernet.mesh")
 
@@ -246,13 +253,15 @@ async def open_host(
     except BaseExceptionGroup as group:
         # libp2p's nurseries wrap whatever the caller's block raised in nested groups of
         # one; hand the caller back its own exception.
-        raise _lone_exception(group) from None
+        raise lone_exception(group) from None
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await _close_all(mesh)
 
 
-def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception inside nested groups of one (trio nurseries wrap what a body raised),
+    or the group itself when several things failed."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]

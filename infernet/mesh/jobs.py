@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import trio
 
-from infernet.mesh.host import MeshHost
+from infernet.mesh.host import MeshHost, lone_exception
 from infernet.protocol.errors import (
     InfernetError,
     JobFailed,
@@ -120,14 +120,7 @@ async def serve_job_stream(stream: Any, runner: JobRunner) -> None:
         request = await _read_frame(stream, js, REQUEST_TIMEOUT)
         if not isinstance(request, JobRequest):  # the state machine only admits a request
             raise RemoteProtocolError("first frame must be a request")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_client, stream, js, nursery.cancel_scope, request.job_id)
-
-            async def send(frame: Frame) -> None:
-                await _write(stream, js.send(frame))
-
-            await runner(request, peer, send)
-            nursery.cancel_scope.cancel()
+        await _run_watched(stream, js, request, peer, runner)
         ok = True
     except RemoteProtocolError as exc:
         log.warning("job stream from %s: protocol error: %s", peer, exc)
@@ -142,6 +135,26 @@ async def serve_job_stream(stream: Any, runner: JobRunner) -> None:
         log.warning("job %s from %s: %s", js.job_id, peer, exc)
     finally:
         await (_close(stream) if ok else _abort(stream))
+
+
+async def _run_watched(
+    stream: Any, js: JobStream, request: JobRequest, peer: str, runner: JobRunner
+) -> None:
+    """Run the job while watching the client for cancel or EOF.
+
+    Raises: whatever the runner or the writes raised, unwrapped from the nursery's group.
+    """
+
+    async def send(frame: Frame) -> None:
+        await _write(stream, js.send(frame))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_client, stream, js, nursery.cancel_scope, request.job_id)
+            await runner(request, peer, send)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise lone_exception(group) from None
 
 
 async def _watch_client(stream: Any, js: JobStream, scope: trio.CancelScope, job_id: str) -> None:

@@ -22,7 +22,7 @@ from infernet.mesh.host import MeshHost
 from infernet.mesh.jobs import SendFrame
 from infernet.mesh.peer_table import PeerTable
 from infernet.mesh.routing import dispatch
-from infernet.protocol.errors import InfernetError
+from infernet.protocol.errors import InfernetError, TransportError
 from infernet.protocol.frames import Chunk, JobErrorFrame, JobRequest
 
 __all__ = ["MAX_RELAYS", "Relay"]
@@ -42,6 +42,46 @@ class Relay:
         self.limiter = trio.CapacityLimiter(MAX_RELAYS)
         self.relayed = 0
 
+    async def _relay(self, request: JobRequest, send: SendFrame) -> None:
+        """Forward the job; a node lost before its first token is replaced by the next one.
+
+        The client sees one ``accepted`` (the first serving node's); a retry after it is
+        logged, and the chunks and final frame come from the node that really served.
+
+        Raises:
+            InfernetError: no node could take the job, or the serving node failed after
+                its first token (``node_disconnected``/``timeout``/its own code).
+        """
+        job = request.job_id
+        tried: set[str] = {self.own_pubkey}
+        accepted_sent = False
+        while True:
+            async with dispatch(self.mesh, self.table, request, trio.current_time(),
+                                exclude=tried) as (call, entry):
+                tried.add(entry.pubkey)
+                log.info("job %s relayed to %s", job, entry.pubkey[:12])
+                if not accepted_sent and call.accepted_frame is not None:
+                    await send(call.accepted_frame)
+                    accepted_sent = True
+                streamed = False
+                try:
+                    async with aclosing(call.chunks()) as chunks:
+                        async for text in chunks:
+                            streamed = True
+                            await send(Chunk(job_id=job, text=text))
+                except TransportError as exc:
+                    if streamed:
+                        raise
+                    log.warning("job %s: %s lost before its first token (%s); re-routing",
+                                job, entry.pubkey[:12], exc)
+                    continue
+                final = call.final
+                if final is None:  # chunks() returns only after a final frame
+                    raise InfernetError("upstream ended without a final frame")
+                await send(final)  # same job id: the frame passes through unchanged
+                self.relayed += 1
+                return
+
     def can_route(self, model: str) -> bool:
         """True when some online peer (not us) announces ``model``."""
         now = trio.current_time()
@@ -59,19 +99,7 @@ class Relay:
             await send(JobErrorFrame(job_id=job, code="no_capacity", message="relay is busy"))
             return
         try:
-            async with dispatch(self.mesh, self.table, request, trio.current_time(),
-                                exclude={self.own_pubkey}) as (call, entry):
-                log.info("job %s relayed to %s", job, entry.pubkey[:12])
-                if call.accepted_frame is not None:
-                    await send(call.accepted_frame)
-                async with aclosing(call.chunks()) as chunks:
-                    async for text in chunks:
-                        await send(Chunk(job_id=job, text=text))
-                final = call.final
-                if final is None:  # chunks() returns only after a final frame
-                    raise InfernetError("upstream ended without a final frame")
-                await send(final)  # same job id: the frame passes through unchanged
-                self.relayed += 1
+            await self._relay(request, send)
         except InfernetError as exc:
             log.warning("job %s: relay failed: %s: %s", job, exc.code, exc)
             await send(JobErrorFrame(job_id=job, code=exc.code, message=str(exc)))

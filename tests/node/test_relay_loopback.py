@@ -11,22 +11,22 @@ import trio
 
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.jobs import JOB_PROTOCOL, open_job, serve_job_stream
+from infernet.mesh.jobs import JOB_PROTOCOL, SendFrame, open_job, serve_job_stream
 from infernet.mesh.peer_table import PeerTable
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Announcement, Capabilities, ModelOffer, build_announcement
-from infernet.protocol.errors import JobFailed
+from infernet.protocol.errors import JobFailed, TransportError
 from infernet.protocol.event import encode_event
-from infernet.protocol.frames import JobRequest, Message
+from infernet.protocol.frames import Accepted, JobRequest, Message
 from infernet.protocol.keys import SecretKey
 from tests.node.test_jobs import FakeEngine
 
 
-def _announce(key: SecretKey, models: list[str]) -> bytes:
+def _announce(key: SecretKey, models: list[str], slots: int = 1) -> bytes:
     now = int(time.time())
     caps = Capabilities(backend="fake", models=tuple(ModelOffer(name=m) for m in models),
-                        slots_total=1, slots_free=1, expires_at=now + 60)
+                        slots_total=slots, slots_free=slots, expires_at=now + 60)
     return encode_event(build_announcement(caps, key, now))
 
 
@@ -82,4 +82,58 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -
             with pytest.raises(JobFailed) as exc:
                 await call.accepted(5)
         assert exc.value.code == "model_not_found"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_replaces_a_node_lost_before_its_first_token() -> None:
+    key_a, key_bad, key_good, key_c = (SecretKey.generate().even_y() for _ in range(4))
+    opened: list[Any] = []
+
+    async def accept_then_die(request: JobRequest, peer: str, send: SendFrame) -> None:
+        await send(Accepted(job_id=request.job_id, node_pubkey=key_bad.public_key.hex()))
+        raise TransportError("engine host vanished")  # the stream is reset, no token sent
+
+    async with open_host(key_a.secret_bytes(), listen_host="127.0.0.1", port=0) as a, \
+            open_host(key_bad.secret_bytes(), listen_host="127.0.0.1", port=0) as bad, \
+            open_host(key_good.secret_bytes(), listen_host="127.0.0.1", port=0) as good, \
+            open_host(key_c.secret_bytes(), listen_host="127.0.0.1", port=0) as c, \
+            trio.open_nursery() as nursery:
+        table = PeerTable()
+
+        async def on_announcement(ann: Announcement, peer_id: str) -> None:
+            table.update(ann, peer_id, trio.current_time(), connected=a.is_connected(peer_id))
+
+        async def ignore(ann: Announcement, peer_id: str) -> None:
+            return None
+
+        relay = Relay(a, table, key_a.public_key.hex())
+        _serve(a, JobExecutor(FakeEngine(), set(), 1, key_a.public_key.hex(), relay=relay))
+
+        async def bad_handler(stream: Any) -> None:
+            opened.append(stream)
+            await serve_job_stream(stream, accept_then_die)
+
+        bad.host.set_stream_handler(JOB_PROTOCOL, bad_handler)
+        _serve(good, JobExecutor(FakeEngine(), {"m"}, 1, key_good.public_key.hex()))
+        await nursery.start(AnnouncementGossip(a, on_announcement).serve)
+        # the bad node advertises more free slots, so it is tried first
+        for mesh, key, slots in ((bad, key_bad, 5), (good, key_good, 1)):
+            gossip = AnnouncementGossip(mesh, ignore)
+            await nursery.start(gossip.serve)
+            await mesh.connect(a.listen_addrs()[0])
+            with trio.fail_after(10):
+                while table.get(key.public_key.hex()) is None:
+                    await gossip.publish(_announce(key, ["m"], slots))
+                    await trio.sleep(0.1)
+
+        await c.connect(a.listen_addrs()[0])
+        request = JobRequest(job_id="r3", model="m",
+                             messages=(Message(role="user", content="still answered"),))
+        async with open_job(c, a.peer_id, request) as call:
+            await call.accepted(5)
+            async with aclosing(call.chunks()) as chunks:
+                text = "".join([t async for t in chunks])
+        assert opened, "the failing node was never tried"
+        assert text == "still answered "
+        assert relay.relayed == 1
         nursery.cancel_scope.cancel()
