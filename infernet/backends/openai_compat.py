@@ -1,8 +1,9 @@
-"""Adapter for any engine that speaks the OpenAI HTTP API (llama.cpp server, vLLM, SGLang...).
+"""Adapter for any engine that speaks the OpenAI HTTP API: llama.cpp / llama-swap, vLLM,
+SGLang, Modular MAX (`infernet.backends.engines` lists how they differ).
 
-Owns: the HTTP calls to ``/health``, ``/v1/models`` and the streaming generation endpoints,
-SSE parsing, and the translation of every engine or transport failure into `BackendError`
-(DESIGN.md "Backends"; the contract is `infernet.backends.base.Backend`).
+Owns: the HTTP calls to the health probe, ``/v1/models`` and the streaming generation
+endpoints, SSE parsing, and the translation of every engine or transport failure into
+`BackendError` (DESIGN.md "Backends"; the contract is `infernet.backends.base.Backend`).
 
 Invariants:
 - Every request has an httpx timeout (connect, read, write, pool); nothing waits forever.
@@ -11,8 +12,15 @@ Invariants:
   it never estimates token counts.
 - Errors: connection refused → ``backend_unavailable``; the stream breaks or ends before the
   usage record → ``node_disconnected``; a read times out → ``timeout``; non-200 → the engine's
-  own message with ``bad_request`` (4xx), ``backend_unavailable`` (503) or ``internal_error``
-  (other 5xx); an unparseable chunk or a chunk carrying ``error`` → ``internal_error``.
+  own message with ``model_not_found`` (404), ``bad_request`` (other 4xx),
+  ``backend_unavailable`` (503) or ``internal_error`` (other 5xx); an unparseable chunk or a
+  chunk carrying ``error`` → ``internal_error``.
+- Once `list_models` has run, a request for a model outside that listing is refused with
+  ``model_not_found`` after one fresh listing (llama.cpp answers any name with its one model,
+  which would serve a client the wrong weights). Before any listing nothing is checked, so
+  the hot path never pays an extra round trip.
+- The OpenAI API has no pull or delete: `pull` and `remove` raise ``bad_request`` with the
+  engine's own way to install a model (``install_hint``).
 
 Template hook: an engine serving a base model (no chat template) gets a ``prompt_formatter``
 that turns the chat request into a raw prompt; the adapter then posts to ``/v1/completions``
@@ -21,15 +29,31 @@ instead of ``/v1/chat/completions`` and reads ``choices[].text`` instead of ``ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import AsyncExitStack, aclosing, contextmanager
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AsyncExitStack, aclosing
 from typing import Any, Final
 
 import httpx
 import httpx_sse
 import msgspec
 
-from infernet.backends.base import ChatRequest, ModelInfo, StreamItem, TextDelta, Usage
+from infernet.backends.base import (
+    BackendCapabilities,
+    ChatRequest,
+    ModelInfo,
+    ModelNaming,
+    PullProgress,
+    StreamItem,
+    TextDelta,
+    Usage,
+    unsupported,
+)
+from infernet.backends.transport import (
+    MAX_ERROR_BODY,
+    map_transport_errors,
+    read_error_body,
+    status_error,
+)
 from infernet.protocol.errors import BackendError
 
 __all__ = ["CompletionPrompt", "OpenAICompatBackend", "PromptFormatter"]
@@ -42,8 +66,10 @@ DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 # a response" (measured: 6 of 30 back-to-back streams; none with a fresh connection each).
 # A new connection costs well under a millisecond next to a generation, so none is reused.
 _NO_KEEPALIVE: Final = {"Connection": "close"}
-# An engine's error body is read only up to this size; anything longer is not a message.
-_MAX_ERROR_BODY: Final = 64 * 1024
+_GENERIC_INSTALL_HINT: Final = (
+    "start the engine with the model (it downloads the weights itself), then list the name "
+    "in served_models"
+)
 
 
 class CompletionPrompt(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,13 +110,16 @@ class _Chunk(msgspec.Struct):
     error: _ErrorBody | str | None = None
 
 
-class _ModelMeta(msgspec.Struct):
+class _ModelMeta(msgspec.Struct):  # llama.cpp's extra model facts
     size: int | None = None
+    n_params: int | None = None
+    ftype: str | None = None
 
 
 class _ModelEntry(msgspec.Struct):
     id: str
     meta: _ModelMeta | None = None
+    root: str | None = None  # vLLM / SGLang: the HF repo id or local path it loaded
 
 
 class _ModelList(msgspec.Struct):
@@ -124,6 +153,9 @@ class OpenAICompatBackend:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
         prompt_formatter: PromptFormatter | None = None,
+        probe_path: str = "/health",
+        model_naming: ModelNaming = "alias",
+        install_hint: str = _GENERIC_INSTALL_HINT,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._name = name
@@ -132,11 +164,20 @@ class OpenAICompatBackend:
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._health_timeout = httpx.Timeout(health_timeout)
         self._prompt_formatter = prompt_formatter
+        self._probe_path = probe_path
+        self._capabilities = BackendCapabilities(model_naming=model_naming)
+        self._install_hint = install_hint
+        self._known_models: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
         """Short engine name used in announcements and logs."""
         return self._name
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        """Chat only: the OpenAI API has no pull or delete."""
+        return self._capabilities
 
     @property
     def base_url(self) -> str:
@@ -149,10 +190,12 @@ class OpenAICompatBackend:
             await self._client.aclose()
 
     async def health(self) -> bool:
-        """Return True when ``GET /health`` answers 200 within the health timeout. Never raises."""
+        """Return True when the probe path (``/health``) answers 200 in time. Never raises."""
         try:
             response = await self._client.get(
-                self._base_url + "/health", headers=_NO_KEEPALIVE, timeout=self._health_timeout
+                self._base_url + self._probe_path,
+                headers=_NO_KEEPALIVE,
+                timeout=self._health_timeout,
             )
         except httpx.HTTPError:
             return False
@@ -166,22 +209,59 @@ class OpenAICompatBackend:
                 error status, or answered something that is not an OpenAI model list
                 (``internal_error``).
         """
-        with _map_transport_errors(streaming=False):
+        with map_transport_errors(streaming=False):
             response = await self._client.get(
                 self._base_url + "/v1/models", headers=_NO_KEEPALIVE, timeout=self._timeout
             )
         if response.status_code != 200:
-            raise _status_error(response.status_code, response.content)
+            raise self._status_error(response.status_code, response.content)
         try:
             listing = _MODELS_DECODER.decode(response.content)
         except msgspec.DecodeError as exc:
             raise BackendError(
-                f"engine answered a malformed model list: {exc}", code="internal_error"
+                f"{self._name} answered a malformed model list: {exc}", code="internal_error"
             ) from exc
-        return [
-            ModelInfo(name=m.id, size_bytes=m.meta.size if m.meta is not None else None)
-            for m in listing.data
-        ]
+        models = [_model_info(m) for m in listing.data]
+        self._known_models = frozenset(m.name for m in models)
+        return models
+
+    async def pull(self, model: str) -> AsyncGenerator[PullProgress, None]:
+        """Not offered by the OpenAI API.
+
+        Raises:
+            BackendError: always ``bad_request``, with how to install a model on this engine.
+        """
+        unsupported(self._name, f"pull {model!r}", self._install_hint)
+        yield PullProgress(status="unreachable")  # pragma: no cover - makes this a generator
+
+    async def remove(self, model: str) -> None:
+        """Not offered by the OpenAI API.
+
+        Raises:
+            BackendError: always ``bad_request``.
+        """
+        unsupported(
+            self._name,
+            f"remove {model!r}",
+            "stop the engine (or drop the model from its config) and delete the weights "
+            "where it keeps them",
+        )
+
+    async def _check_model(self, model: str) -> None:
+        """Refuse a model outside the last listing, after one fresh listing.
+
+        Raises:
+            BackendError: ``model_not_found``, or the errors of `list_models`.
+        """
+        if self._known_models is None or model in self._known_models:
+            return
+        await self.list_models()
+        if model not in self._known_models:
+            served = ", ".join(sorted(self._known_models)) or "nothing"
+            raise BackendError(
+                f"{self._name} does not serve {model!r} (it serves {served})",
+                code="model_not_found",
+            )
 
     async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield `TextDelta` items as the engine generates, then exactly one final `Usage`.
@@ -194,12 +274,13 @@ class OpenAICompatBackend:
                 (``node_disconnected``), silent past the read timeout (``timeout``), or
                 answered an error status or malformed data.
         """
+        await self._check_model(request.model)
         path, body = self._request_body(request)
         usage: _Usage | None = None
         finish_reason = "stop"
         done = False
         async with AsyncExitStack() as stack:
-            with _map_transport_errors(streaming=False):
+            with map_transport_errors(streaming=False):
                 source = await stack.enter_async_context(
                     httpx_sse.aconnect_sse(
                         self._client,
@@ -210,9 +291,11 @@ class OpenAICompatBackend:
                         timeout=self._timeout,
                     )
                 )
-            await _check_stream_response(source.response)
+            if source.response.status_code != 200:
+                body_bytes = await read_error_body(source.response)
+                raise self._status_error(source.response.status_code, body_bytes)
             events = await stack.enter_async_context(aclosing(source.aiter_sse()))
-            with _map_transport_errors(streaming=True):
+            with map_transport_errors(streaming=True):
                 async for event in events:
                     # Read on to EOF after [DONE] rather than break: httpx's response
                     # iterators are nested async generators that trio flags with a
@@ -255,6 +338,34 @@ class OpenAICompatBackend:
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return path, body
+
+    def _status_error(self, status: int, body: bytes) -> BackendError:
+        """Build the `BackendError` for a non-200 answer, keeping the engine's message."""
+        return status_error(self._name, status, _error_message(body))
+
+
+def _model_info(entry: _ModelEntry) -> ModelInfo:
+    """Translate one ``/v1/models`` entry, keeping whatever facts the engine adds."""
+    meta = entry.meta
+    local = entry.root if entry.root is not None and entry.root.startswith("/") else None
+    return ModelInfo(
+        name=entry.id,
+        size_bytes=meta.size if meta is not None else None,
+        parameter_count=meta.n_params if meta is not None else None,
+        quantization=meta.ftype if meta is not None else None,
+        path=local,
+    )
+
+
+def _error_message(body: bytes) -> str:
+    """The message in an OpenAI (or FastAPI) error body, else the body's start as text."""
+    try:
+        envelope = _ERROR_DECODER.decode(body[:MAX_ERROR_BODY])
+    except msgspec.DecodeError:
+        return body[:500].decode("utf-8", "replace").strip()
+    if isinstance(envelope.error, _ErrorBody):
+        return envelope.error.message
+    return envelope.error or envelope.detail or ""
 
 
 def _final_usage(usage: _Usage | None, finish_reason: str, *, done: bool) -> Usage:
@@ -309,63 +420,3 @@ def _decode_chunk(data: str) -> _Chunk:
         message = chunk.error if isinstance(chunk.error, str) else chunk.error.message
         raise BackendError(f"engine error mid-stream: {message}", code="internal_error")
     return chunk
-
-
-async def _check_stream_response(response: httpx.Response) -> None:
-    """Raise the engine's own error when the streaming request was refused.
-
-    Raises:
-        BackendError: non-200 status (see `_status_error`).
-    """
-    if response.status_code == 200:
-        return
-    body = b""
-    with _map_transport_errors(streaming=False):
-        async for part in response.aiter_bytes():
-            body += part
-            if len(body) >= _MAX_ERROR_BODY:
-                break
-    raise _status_error(response.status_code, body)
-
-
-def _status_error(status: int, body: bytes) -> BackendError:
-    """Build the `BackendError` for an engine's non-200 answer, keeping its message."""
-    message = ""
-    try:
-        envelope = _ERROR_DECODER.decode(body[:_MAX_ERROR_BODY])
-    except msgspec.DecodeError:
-        message = body[:500].decode("utf-8", "replace").strip()
-    else:
-        if isinstance(envelope.error, _ErrorBody):
-            message = envelope.error.message
-        else:
-            message = envelope.error or envelope.detail or ""
-    text = f"engine answered HTTP {status}" + (f": {message}" if message else "")
-    if status == 503:
-        return BackendError(text, code="backend_unavailable")
-    return BackendError(text, code="bad_request" if status < 500 else "internal_error")
-
-
-@contextmanager
-def _map_transport_errors(*, streaming: bool) -> Iterator[None]:
-    """Translate httpx and SSE exceptions into `BackendError` at the adapter's edge.
-
-    ``streaming`` says whether the engine already accepted the request: a broken connection
-    then means it died mid-stream rather than being unavailable.
-    """
-    try:
-        yield
-    except httpx_sse.SSEError as exc:  # an httpx.TransportError: catch it first
-        raise BackendError(
-            f"engine answered a non-SSE stream: {exc}", code="internal_error"
-        ) from exc
-    except httpx.TimeoutException as exc:
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-            raise BackendError(f"engine unreachable: {exc!r}", code="backend_unavailable") from exc
-        raise BackendError(f"engine did not answer in time: {exc!r}", code="timeout") from exc
-    except httpx.TransportError as exc:
-        if streaming:
-            raise BackendError(
-                f"the engine died mid-stream: {exc!r}", code="node_disconnected"
-            ) from exc
-        raise BackendError(f"engine unreachable: {exc!r}", code="backend_unavailable") from exc

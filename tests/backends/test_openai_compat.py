@@ -222,7 +222,8 @@ async def test_error_event_mid_stream_is_internal_error(make_backend) -> None:
     [
         (500, "internal_error"),
         (400, "bad_request"),
-        (404, "bad_request"),
+        (404, "model_not_found"),  # vLLM/SGLang: "The model `x` does not exist."
+        (422, "bad_request"),
         (503, "backend_unavailable"),
     ],
 )
@@ -314,15 +315,20 @@ async def test_list_models_parses_openai_listing(make_backend) -> None:
     listing = {
         "object": "list",
         "data": [
-            {"id": "gemma3-270m", "object": "model", "meta": {"size": 246587904, "n_ctx": 2048}},
-            {"id": "other", "object": "model", "owned_by": "vllm"},
+            {"id": "gemma3-270m", "object": "model",
+             "meta": {"size": 246587904, "n_ctx": 2048, "n_params": 268098176,
+                      "ftype": "Q4_K - Medium"}},
+            {"id": "other", "object": "model", "owned_by": "vllm", "root": "/models/other"},
+            {"id": "hf", "object": "model", "owned_by": "vllm", "root": "Qwen/Qwen2.5-7B"},
         ],
-    }
+    }  # fmt: skip
     backend = make_backend(answering(httpx.Response(200, json=listing)))
     assert await backend.list_models() == [
-        ModelInfo(name="gemma3-270m", size_bytes=246587904),
-        ModelInfo(name="other"),
-    ]
+        ModelInfo(name="gemma3-270m", size_bytes=246587904, parameter_count=268098176,
+                  quantization="Q4_K - Medium"),
+        ModelInfo(name="other", path="/models/other"),  # a local path it loaded
+        ModelInfo(name="hf"),  # a repo id is not a path
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -346,3 +352,71 @@ async def test_aclose_closes_only_an_owned_client() -> None:
     assert (owned.name, owned.base_url) == ("vllm", BASE)
     await owned.aclose()
     assert owned._client.is_closed
+
+
+# --- model checks, probe path, what the OpenAI API cannot do ------------------------------
+
+
+def listing_then(stream_body: bytes, seen: list[httpx.Request], models=("m",)) -> Handler:
+    listing = {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=listing)
+        return sse_response(stream_body)
+
+    return handler
+
+
+async def test_unlisted_model_is_refused_after_one_fresh_listing(make_backend, drain) -> None:
+    seen: list[httpx.Request] = []
+    backend = make_backend(listing_then(sse(chunk("a"), USAGE, "[DONE]"), seen))
+    await backend.list_models()
+    other = ChatRequest(model="llama3", messages=REQUEST.messages)
+    with pytest.raises(BackendError) as info:
+        async for _ in backend.stream_chat(other):
+            pass
+    assert info.value.code == "model_not_found" and "serves m" in info.value.message
+    assert [r.url.path for r in seen] == ["/v1/models", "/v1/models"]  # re-listed once
+    await drain(backend.stream_chat(REQUEST))  # a listed model goes straight through
+    assert [r.url.path for r in seen][-1] == "/v1/chat/completions"
+    assert len(seen) == 3
+
+
+async def test_no_model_check_before_any_listing(make_backend, drain) -> None:
+    seen: list[httpx.Request] = []
+    backend = make_backend(listing_then(sse(chunk("a"), USAGE, "[DONE]"), seen))
+    await drain(backend.stream_chat(ChatRequest(model="anything", messages=REQUEST.messages)))
+    assert [r.url.path for r in seen] == ["/v1/chat/completions"]  # no extra round trip
+
+
+async def test_probe_path_and_naming_are_configurable(make_backend) -> None:
+    seen: list[httpx.Request] = []
+    backend = make_backend(answering(httpx.Response(200), seen), name="max",
+                           probe_path="/v1/health", model_naming="huggingface")  # fmt: skip
+    assert await backend.health()
+    assert seen[0].url.path == "/v1/health"
+    assert backend.capabilities.model_naming == "huggingface"
+    assert not (backend.capabilities.pull or backend.capabilities.remove)
+
+
+async def test_pull_and_remove_are_unsupported_with_a_hint(make_backend) -> None:
+    backend = make_backend(answering(httpx.Response(200)), name="vllm",
+                           install_hint="start `vllm serve NAME`")  # fmt: skip
+    with pytest.raises(BackendError) as info:
+        async for _ in backend.pull("Qwen/Qwen2.5-7B-Instruct"):
+            pass
+    assert info.value.code == "bad_request"
+    assert "the vllm backend cannot pull" in info.value.message
+    assert "vllm serve" in info.value.message
+    with pytest.raises(BackendError) as info:
+        await backend.remove("Qwen/Qwen2.5-7B-Instruct")
+    assert info.value.code == "bad_request"
+
+
+async def test_disk_full_message_is_called_out(make_backend) -> None:
+    body = {"error": {"message": "write failed: No space left on device"}}
+    backend = make_backend(answering(httpx.Response(500, json=body)))
+    _, error = await stream_error(backend)
+    assert error.code == "internal_error" and "ran out of disk space" in error.message
