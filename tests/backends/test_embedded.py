@@ -23,6 +23,7 @@ from infernet.backends.embedded import (
     EmbeddedBackend,
     EmbeddedConfig,
     EmbeddedEngine,
+    attach_embedded_engine,
     ensure_model,
     open_embedded_engine,
 )
@@ -60,6 +61,25 @@ async def test_backend_of_a_stopped_engine(tmp_path: Path, client: httpx.AsyncCl
         async for _ in backend.stream_chat(FRANCE):
             pass
     assert info.value.code == "backend_unavailable"
+
+
+async def test_capabilities_pull_and_remove(tmp_path: Path, client: httpx.AsyncClient) -> None:
+    model_path = tmp_path / "m.gguf"
+    model_path.write_bytes(b"GGUF" + bytes(60))
+    engine = EmbeddedEngine(tmp_path, model_path, EmbeddedConfig(), client)
+    backend = EmbeddedBackend(engine, model_path=model_path)
+    caps = backend.capabilities
+    assert (caps.pull, caps.remove, caps.multi_model, caps.supervised) == (
+        False, False, False, False)  # fmt: skip
+    (record,) = [r async for r in backend.pull(EMBEDDED_MODEL)]  # built in: nothing to fetch
+    assert (record.status, record.completed, record.total) == ("success", 64, 64)
+    with pytest.raises(BackendError) as info:
+        async for _ in backend.pull("qwen2.5:7b"):
+            pass
+    assert info.value.code == "bad_request" and "Ollama" in info.value.message
+    with pytest.raises(BackendError) as info:
+        await backend.remove(EMBEDDED_MODEL)
+    assert info.value.code == "bad_request"
 
 
 async def test_other_models_are_not_found(tmp_path: Path, client: httpx.AsyncClient) -> None:
@@ -135,7 +155,9 @@ def test_ensure_model_is_safe_concurrently_and_repairs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_real_engine_answers_and_cleans_up(tmp_path: Path, model_cache: Path) -> None:
+async def test_real_engine_answers_and_cleans_up(
+    tmp_path: Path, model_cache: Path, exclusive_engine: None
+) -> None:
     started = trio.current_time()
     async with open_embedded_engine(tmp_path, model_cache=model_cache) as backend:
         healthy_after = trio.current_time() - started
@@ -145,6 +167,8 @@ async def test_real_engine_answers_and_cleans_up(tmp_path: Path, model_cache: Pa
         assert await backend.health() is True
         (model,) = await backend.list_models()
         assert (model.name, model.digest) == (EMBEDDED_MODEL, EMBEDDED_MODEL_DIGEST)
+        assert (model.loaded, model.path) == (True, str(engine.model_path))
+        assert model.parameter_count is not None and model.parameter_count > 200_000_000
 
         texts: list[str] = []
         async for item in backend.stream_chat(FRANCE):
@@ -165,15 +189,13 @@ async def test_real_engine_answers_and_cleans_up(tmp_path: Path, model_cache: Pa
 
 
 @pytest.mark.slow
-async def test_real_engine_survives_a_cancelled_stream(
-    tmp_path: Path, model_cache: Path, drain
-) -> None:
+async def test_real_engine_survives_a_cancelled_stream(shared_engine: str, drain) -> None:
     story = ChatRequest(
         model=EMBEDDED_MODEL,
         messages=(ChatMessage(role="user", content="Tell a long story about a dragon."),),
         max_tokens=200,
     )
-    async with open_embedded_engine(tmp_path, model_cache=model_cache, parallel=2) as backend:
+    async with attach_embedded_engine(shared_engine) as backend:
         with trio.CancelScope() as scope:
             async for item in backend.stream_chat(story):
                 assert isinstance(item, TextDelta)
