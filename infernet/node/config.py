@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
+from infernet.backends.engines import BackendChoice
 from infernet.mesh.host import DEFAULT_PORT
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import KeyFormatError, SecretKey
@@ -34,7 +35,9 @@ __all__ = [
 CONFIG_FILE: Final = "config.json"
 NODE_KEY_FILE: Final = "keys/node.key"
 
-BackendKind = Literal["embedded", "llamacpp"]
+# "auto" probes the running engines in the book's order and falls back to "embedded"
+# (infernet.backends.select); any other value names the engine to use.
+BackendKind = BackendChoice
 
 
 class ConfigError(InfernetError):
@@ -52,11 +55,24 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     bootstrap: tuple[str, ...] = ()
     advertise: bool = True
     mdns: bool = True  # find and dial peers on the LAN (infernet.mesh.mdns); --no-mdns
-    backend: BackendKind = "embedded"
+    # Backends (infernet.backends.select). backend_url: where the chosen engine listens
+    # (with "auto": one URL to identify); <engine>_host: where each engine listens when
+    # probing, else its own env var (OLLAMA_HOST...), else localhost on its default port.
+    backend: BackendKind = "auto"
     backend_url: str = ""
+    ollama_host: str = ""
+    vllm_host: str = ""
+    sglang_host: str = ""
+    max_host: str = ""
+    llamacpp_host: str = ""
+    vllm_instances: tuple[str, ...] = ()  # "URL" or "MODEL=URL", one vLLM per model
+    probe_timeout: float = 1.0
+    served_models: tuple[str, ...] = ()  # empty: everything the engine lists
     engine_threads: int = 2
     engine_slots: int = 2
     engine_ctx: int = 4096
+    engine_supervise: bool = True
+    engine_health_interval: float = 5.0
     model_cache: str = ""
     price_per_1k_output: float = 0.0
 

@@ -144,14 +144,16 @@ async def run_node(
         TransportError: the port cannot be bound or a bootstrap address is malformed.
     """
     async with open_backend(config, home) as backend:
-        models = {m.name for m in await backend.list_models()}
+        listed = await backend.list_models()
+        models = {m.name for m in listed}
+        weights = {m.name: m.digest for m in listed if m.digest}  # for receipts
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
             peers = PeerManager(mesh, key.public_key.hex())
             relay = Relay(mesh, peers.table, key.public_key.hex())
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
-                                   relay=relay)
+                                   relay=relay, key=key, weights=weights)
 
             async def handle(stream: Any) -> None:
                 await serve_job_stream(stream, executor.run)

@@ -3,7 +3,8 @@
 Owns: the `JobRunner` the mesh calls for each inbound job stream. It refuses jobs for models
 the node does not serve (``model_not_found``) and jobs beyond its free slots
 (``no_capacity``); otherwise it streams the engine's text back in batched chunk frames and
-ends with a final frame carrying the engine's own usage.
+ends with a final frame carrying the engine's own usage and the node-signed Compute Payment
+Receipt (prompt and output hashes, TTFT, tokens/s, value; ``specs/receipts.md``).
 
 Invariants: a slot is held exactly while a job runs; the engine iteration is cancelled when
 the client goes away; batching adds no latency (a frame is sent as soon as the writer is free,
@@ -21,13 +22,23 @@ import trio
 from infernet.backends.base import Backend, ChatMessage, ChatRequest, TextDelta, Usage
 from infernet.mesh.jobs import SendFrame
 from infernet.node.relay import Relay
-from infernet.protocol.errors import BackendError
+from infernet.protocol.errors import BackendError, InfernetError
 from infernet.protocol.frames import (
     Accepted,
     Chunk,
     FinalFrame,
     JobErrorFrame,
     JobRequest,
+)
+from infernet.protocol.keys import SecretKey
+from infernet.protocol.pricing import Chain, job_value, rates_for_model
+from infernet.protocol.receipt import (
+    Receipt,
+    SignedReceipt,
+    output_hash,
+    prompt_hash,
+    rate_from_float,
+    sign_receipt,
 )
 
 __all__ = ["JobExecutor", "SendFrame"]
@@ -63,10 +74,17 @@ class JobExecutor:
         slots: int,
         node_pubkey: str,
         relay: Relay | None = None,
+        *,
+        key: SecretKey | None = None,
+        weights: dict[str, str] | None = None,
+        chain: Chain = "base",
     ) -> None:
         self.backend = backend
         self.models = models
         self.relay = relay
+        self.key = key
+        self.weights = weights or {}
+        self.chain: Chain = chain
         self.limiter = trio.CapacityLimiter(max(slots, 1))
         self.node_pubkey = node_pubkey
         self.completed = 0
@@ -107,6 +125,7 @@ class JobExecutor:
         start = time.perf_counter()
         first: float | None = None
         end: _End = None
+        output: list[str] = []
         tx, rx = trio.open_memory_channel[_Item](_PENDING_DELTAS)
         async with trio.open_nursery() as nursery:
             # The engine is read in its own task so text keeps accumulating while a frame is
@@ -117,6 +136,7 @@ class JobExecutor:
                     text, end = _batch(item, rx)
                     if text:
                         first = first or time.perf_counter()
+                        output.append(text)
                         await send(Chunk(job_id=job, text=text))
                     if end is not None:
                         break
@@ -140,7 +160,36 @@ class JobExecutor:
                  end.prompt_tokens, end.completion_tokens, ttft, tps)
         await send(FinalFrame(job_id=job, prompt_tokens=end.prompt_tokens,
                               completion_tokens=end.completion_tokens,
-                              finish_reason=end.finish_reason, ttft_ms=ttft, tokens_per_s=tps))
+                              finish_reason=end.finish_reason, ttft_ms=ttft, tokens_per_s=tps,
+                              receipt=self._receipt(request, end, "".join(output), ttft, tps)))
+
+    def _receipt(self, request: JobRequest, usage: Usage, text: str, ttft_ms: float,
+                 tps: float) -> SignedReceipt | None:
+        """The node-signed Compute Payment Receipt of a finished job (specs/receipts.md)."""
+        if self.key is None:
+            return None
+        receipt = Receipt(
+            job_id=request.job_id,
+            node_pubkey=self.node_pubkey,
+            client_pubkey=request.client_pubkey,
+            model=request.model,
+            weights_hash=self.weights.get(request.model, ""),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            completed_at=int(time.time()),
+            ttft_ms=round(ttft_ms),
+            tokens_per_s=rate_from_float(tps),
+            value=job_value(usage.prompt_tokens, usage.completion_tokens,
+                            rates_for_model(request.model)),
+            chain=self.chain,
+            prompt_hash=prompt_hash(request.messages),
+            output_hash=output_hash(text),
+        )
+        try:
+            return sign_receipt(receipt, self.key)
+        except InfernetError as exc:  # a bound the engine's output broke: job still counts
+            log.warning("job %s: receipt not signed: %s", request.job_id, exc)
+            return None
 
     async def _pump(self, chat: ChatRequest, tx: trio.MemorySendChannel[_Item]) -> None:
         async with tx:

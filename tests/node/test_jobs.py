@@ -19,6 +19,9 @@ from infernet.protocol.frames import (
     JobRequest,
     Message,
 )
+from infernet.protocol.keys import SecretKey
+from infernet.protocol.pricing import job_value, rates_for_model
+from infernet.protocol.receipt import output_hash, prompt_hash, verify_receipt
 
 
 class FakeEngine:
@@ -111,3 +114,23 @@ async def test_engine_death_mid_stream_becomes_an_error_frame_and_frees_the_slot
     assert "".join(f.text for f in frames if isinstance(f, Chunk)) == "a b "
     assert isinstance(frames[-1], JobErrorFrame) and frames[-1].code == "node_disconnected"
     assert executor.free_slots == 1 and executor.failed == 1
+
+
+async def test_the_final_frame_carries_a_receipt_that_verifies_offline() -> None:
+    key = SecretKey.generate().even_y()
+    executor = JobExecutor(FakeEngine(), {"m-7b"}, 1, key.public_key.hex(), key=key,
+                           weights={"m-7b": "sha256:" + "ab" * 32})
+    request = JobRequest(job_id="j9", model="m-7b", client_pubkey="cd" * 32,
+                         messages=(Message(role="user", content="one two"),))
+    frames = await _run(executor, request)
+    final = frames[-1]
+    assert isinstance(final, FinalFrame) and final.receipt is not None
+    verified = verify_receipt(final.receipt)
+    receipt = verified.receipt
+    assert verified.node.hex() == key.public_key.hex()
+    assert (receipt.job_id, receipt.model, receipt.client_pubkey) == ("j9", "m-7b", "cd" * 32)
+    assert (receipt.input_tokens, receipt.output_tokens) == (7, 2)
+    assert receipt.weights_hash == "sha256:" + "ab" * 32
+    assert receipt.output_hash == output_hash("one two ")
+    assert receipt.prompt_hash == prompt_hash(request.messages)
+    assert receipt.value == job_value(7, 2, rates_for_model("m-7b")) and receipt.value > 0
