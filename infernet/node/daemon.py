@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -21,9 +19,7 @@ from typing import Any, Final
 import trio
 from trio_typing import TaskStatus
 
-from infernet.backends.base import Backend
-from infernet.backends.embedded import open_embedded_engine
-from infernet.backends.openai_compat import OpenAICompatBackend
+from infernet.backends.select import open_backend
 from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
@@ -34,7 +30,6 @@ from infernet.node.config import NodeConfig
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
-from infernet.protocol.errors import BackendError
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
 
@@ -57,33 +52,6 @@ class NodeInfo:
     listen_addrs: tuple[str, ...]
     backend: str
     models: tuple[str, ...]
-
-
-@asynccontextmanager
-async def open_backend(config: NodeConfig, home: Path) -> AsyncIterator[Backend]:
-    """Start or connect to the configured engine and wait until it is healthy.
-
-    Raises:
-        BackendError: the engine does not start or does not answer.
-    """
-    if config.backend == "llamacpp":
-        backend = OpenAICompatBackend(config.backend_url, name="llamacpp")
-        try:
-            if not await backend.health():
-                raise BackendError(f"no healthy llama.cpp server at {config.backend_url}")
-            yield backend
-        finally:
-            await backend.aclose()
-        return
-    cache = Path(config.model_cache) if config.model_cache else None
-    async with open_embedded_engine(
-        home,
-        threads=config.engine_threads,
-        parallel=config.engine_slots,
-        ctx=config.engine_ctx,
-        model_cache=cache,
-    ) as engine:
-        yield engine
 
 
 class _Announcer:
