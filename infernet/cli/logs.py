@@ -1,17 +1,25 @@
 """Logging setup for the command-line programs: ``[YYYY-MM-DD HH:MM:SS] message`` lines.
 
 Owns: the log format from DESIGN.md §4, wiring libp2p's logger (which sets
-``propagate=False`` on import) and hypercorn's into ours, and quieting their chatter.
+``propagate=False`` on import) and hypercorn's into ours, quieting their chatter, and the
+log file handler: rotated by size in process (`MAX_BYTES` × `BACKUPS`) and reopened when an
+external tool (logrotate) moved the file away, so neither kind of rotation needs a restart.
 Only ``cli/`` (and the coordinator's CLI) call this; nothing configures logging at import.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 from pathlib import Path
+from typing import Final
 
-__all__ = ["setup_logging"]
+__all__ = ["LogFileHandler", "setup_logging"]
+
+MAX_BYTES: Final = 10 * 1024 * 1024
+BACKUPS: Final = 5
 
 FORMAT = "[%(asctime)s] %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -32,22 +40,73 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= self.level or not record.name.startswith(_THIRD_PARTY)
 
 
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """Appends to ``path``; rotates at `MAX_BYTES` and reopens the file when it was moved.
+
+    With ``capture_stdio`` (a detached daemon), file descriptors 1 and 2 are pointed at the
+    current file after every (re)open, so stray prints and crash tracebacks land in it too.
+    """
+
+    def __init__(self, path: Path, *, capture_stdio: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
+        self.capture_stdio = capture_stdio
+        self._capture()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._reopen_if_moved()
+        super().emit(record)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._capture()
+
+    def _reopen_if_moved(self) -> None:
+        # Same test as logging.handlers.WatchedFileHandler: the path no longer names our file.
+        try:
+            on_disk = os.stat(self.baseFilename)
+        except FileNotFoundError:
+            on_disk = None
+        if self.stream is not None:
+            ours = os.fstat(self.stream.fileno())
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev,
+                                                                            ours.st_ino):
+                return
+            self.stream.close()
+        self.stream = self._open()
+        self._capture()
+
+    def _capture(self) -> None:
+        if self.capture_stdio and self.stream is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.stream.fileno(), 1)
+            os.dup2(self.stream.fileno(), 2)
+
+
 def setup_logging(
     *,
     verbose: bool = False,
     log_file: Path | None = None,
     terminal_level: int = logging.DEBUG,
     third_party_level: int = logging.WARNING,
+    terminal: bool = True,
+    capture_stdio: bool = False,
 ) -> None:
-    """Send our logs to stderr (from ``terminal_level``) and ``log_file``; third-party
-    records only from WARNING up unless ``verbose``."""
+    """Send our logs to stderr (from ``terminal_level``, unless not ``terminal``) and
+    ``log_file``; third-party records only from WARNING up unless ``verbose``.
+
+    Raises:
+        OSError: ``log_file`` cannot be created or opened.
+    """
     formatter = logging.Formatter(FORMAT, DATEFMT)
-    terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel(terminal_level)
-    handlers: list[logging.Handler] = [terminal]
+    handlers: list[logging.Handler] = []
+    if terminal:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setLevel(terminal_level)
+        handlers.append(stream)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(LogFileHandler(log_file, capture_stdio=capture_stdio))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

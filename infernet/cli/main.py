@@ -1,31 +1,63 @@
 """The ``infernet`` command: parse arguments, call the library, render the result.
 
-Commands: ``init``, ``start``, ``up`` (a local coordinator + node in one process), ``chat``
-(one question, to a peer or through a coordinator) and ``--version``. argparse (standard
-library) does the parsing; exit code 0 only on success.
+Commands: ``init``, ``start`` (foreground or ``--detach``), ``stop``, ``status``, ``logs``,
+``doctor``, ``config``, ``keys``, ``service``, ``remove``, ``up`` (a local coordinator + node
+in one process), ``chat`` (one question, to a peer or through a coordinator) and
+``--version``. argparse (standard library) does the parsing.
+
+Exit codes, the same for every command:
+
+- 0 — success;
+- 1 — the operation failed (a node not running, a peer or the network failing, a doctor
+  check failing, a job error);
+- 2 — bad input, nothing was done: a usage error (unknown command or flag, missing or
+  malformed argument), an invalid config file or value, a missing, corrupt or
+  world-readable key file, a malformed multiaddr — any `InfernetError` whose code is
+  ``bad_request``;
+- 130 — interrupted by Ctrl-C before shutdown could be handled (a drained stop exits 0).
+
+Every error is one line on stderr, ``error: <what is wrong and how to fix it> [code]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
 from infernet import __version__
 from infernet.cli.chat import add_chat_command
+from infernet.cli.config import add_config_commands
+from infernet.cli.daemon import add_daemon_commands, add_start_options
+from infernet.cli.doctor import add_doctor_command
+from infernet.cli.keys import add_keys_commands
 from infernet.cli.logs import setup_logging
+from infernet.cli.logview import add_logs_command
+from infernet.cli.remove import add_remove_command
+from infernet.cli.service import add_service_commands
 from infernet.cli.signals import run_until_signal
 from infernet.protocol.errors import InfernetError
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error that points at the command's ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infernet", description="Infernet inference node.")
+    # Typed as the base class so the add_*_commands helpers accept its subparsers; at run
+    # time subparsers are _Parser too (argparse uses type(self)).
+    p: argparse.ArgumentParser = _Parser(prog="infernet", description="Infernet inference node.")
     p.add_argument("--version", action="version", version=f"infernet {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,9 +74,17 @@ def _parser() -> argparse.ArgumentParser:
                        "embedded engine")
     start.add_argument("--no-advertise", action="store_true",
                        help="keep listen addresses out of announcements")
+    add_start_options(start)
     start.add_argument("--no-mdns", action="store_true", help="no LAN discovery (mDNS)")
 
     add_chat_command(sub)
+    add_daemon_commands(sub)
+    add_logs_command(sub)
+    add_doctor_command(sub)
+    add_config_commands(sub)
+    add_keys_commands(sub)
+    add_service_commands(sub)
+    add_remove_command(sub)
 
     up = sub.add_parser("up", help="run a local network: coordinator + node + demo chat")
     up.add_argument("--api-port", type=int, default=8080, help="HTTP port (default 8080)")
@@ -53,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--prompt", default="What is the capital of France?",
                     help="the demo chat's question")
     return p
+
+
+_REPORTING = frozenset({"status", "stop", "logs", "doctor", "config", "keys", "service",
+                        "remove"})
 
 
 def _home() -> Path:
@@ -76,8 +120,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_start(args: argparse.Namespace) -> int:
     import msgspec
 
-    from infernet.node.config import load_config, load_node_key
-    from infernet.node.daemon import run_node
+    from infernet.cli.daemon import run_start
+    from infernet.node.config import load_config
 
     home = _home()
     config = load_config(home)
@@ -95,12 +139,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if args.no_mdns:
         changes["mdns"] = False
     config = msgspec.structs.replace(config, **changes)
-    key = load_node_key(home)
-
-    async def main(scope: trio.CancelScope) -> None:
-        await run_node(home, config, key)
-
-    return trio.run(run_until_signal, main)
+    return run_start(home, config, args, args.argv)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -115,25 +154,51 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return trio.run(run_until_signal, lambda scope: run_up(_home(), args, scope))
 
 
+def _fail(exc: InfernetError) -> int:
+    print(f"error: {exc} [{exc.code}]", file=sys.stderr)
+    return 2 if exc.code == "bad_request" else 1
+
+
+def _first_leaf(group: BaseExceptionGroup[InfernetError]) -> InfernetError:
+    first = group.exceptions[0]
+    return first if isinstance(first, InfernetError) else _first_leaf(first)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infernet`` console script."""
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
+    args.argv = raw  # `start --detach` hands the same options to the background process
     if args.command == "up" and not args.verbose:
         # The demo's answer streams to the terminal: keep routine log lines in the file.
         setup_logging(log_file=_home() / "logs" / "up.log", terminal_level=logging.WARNING)
     elif args.command == "chat" and not args.verbose:
         # Our own error line says why a dial failed; libp2p's retries would only repeat it.
         setup_logging(terminal_level=logging.WARNING, third_party_level=logging.CRITICAL)
+    elif args.command in _REPORTING and not args.verbose:
+        # These print their own report; a log line would only interleave with it.
+        setup_logging(terminal_level=logging.ERROR)
     else:
         setup_logging(verbose=args.verbose)
     commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up, "chat": _cmd_chat}
     try:
+        func = getattr(args, "func", None)
+        if func is not None:
+            return int(func(args, _home()))
         return commands[args.command](args)
     except InfernetError as exc:
-        print(f"error: {exc} [{exc.code}]", file=sys.stderr)
-        return 1
+        return _fail(exc)
+    except BaseExceptionGroup as group:
+        # A service's nurseries wrap what it raised; one project error is still one line.
+        errors, rest = group.split(InfernetError)
+        if errors is None or rest is not None:
+            raise
+        return _fail(_first_leaf(errors))
     except KeyboardInterrupt:  # a signal before trio took over the handlers
         return 130
+    except BrokenPipeError:  # the reader went away (`infernet logs | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Owns: the shutdown policy shared by ``infernet start``, ``infernet up`` and the
 coordinator: the first signal cancels the service's nursery (clean, bounded shutdown, no
-traceback); a second signal exits at once.
+traceback); a second signal exits at once. A service that drains (``infernet start``) passes
+``on_signal``: the first signal then asks it to stop gracefully instead of cancelling it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import trio
 
@@ -19,10 +21,15 @@ __all__ = ["run_until_signal"]
 log = logging.getLogger("infernet")
 
 
-async def run_until_signal(main: Callable[[trio.CancelScope], Awaitable[None]]) -> int:
+async def run_until_signal(
+    main: Callable[[trio.CancelScope], Awaitable[None]],
+    on_signal: Callable[[], Literal["draining", "cancel"]] | None = None,
+) -> int:
     """Run ``main(scope)`` until it returns or a signal arrives; return the exit code.
 
-    ``main`` may cancel ``scope`` itself to stop early.
+    ``main`` may cancel ``scope`` itself to stop early. ``on_signal`` is called on the first
+    signal; when it answers ``"cancel"`` (or is not given) ``scope`` is cancelled, when it
+    answers ``"draining"`` ``main`` is left to finish on its own.
     """
     exit_code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -30,13 +37,19 @@ async def run_until_signal(main: Callable[[trio.CancelScope], Awaitable[None]]) 
 
             async def watch() -> None:
                 nonlocal exit_code
+                seen = False
                 async for signum in signals:
-                    if nursery.cancel_scope.cancel_called:
+                    if seen:
                         log.info("second signal: exiting now")
                         os._exit(130)
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    seen = True
+                    name = signal.Signals(signum).name
                     exit_code = 0
-                    nursery.cancel_scope.cancel()
+                    if on_signal is not None and on_signal() == "draining":
+                        log.info("received %s: draining (a second signal exits at once)", name)
+                    else:
+                        log.info("received %s: shutting down", name)
+                        nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
             await main(nursery.cancel_scope)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -29,10 +29,12 @@ __all__ = [
     "init_home",
     "load_config",
     "load_node_key",
+    "loose_permissions",
     "save_config",
 ]
 
 CONFIG_FILE: Final = "config.json"
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 NODE_KEY_FILE: Final = "keys/node.key"
 
 # "auto" probes the running engines in the book's order and falls back to "embedded"
@@ -50,11 +52,19 @@ class ConfigError(InfernetError):
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything an operator can set for a node."""
 
-    port: int = DEFAULT_PORT
+    port: Port = DEFAULT_PORT
     listen_host: str = "0.0.0.0"
     bootstrap: tuple[str, ...] = ()
     advertise: bool = True
     mdns: bool = True  # find and dial peers on the LAN (infernet.mesh.mdns); --no-mdns
+    # Operating the daemon (infernet.node.control, infernet.node.runfiles): the local control
+    # port (0 = any free port; the CLI finds it in run/control.json), the log file ("" = the
+    # default location), the coordinator the CLI and doctor talk to, and how long a stop
+    # waits for jobs in flight.
+    control_port: Port = 46339
+    log_file: str = ""
+    coordinator_url: str = ""
+    drain_timeout: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # Backends (infernet.backends.select). backend_url: where the chosen engine listens
     # (with "auto": one URL to identify); <engine>_host: where each engine listens when
     # probing, else its own env var (OLLAMA_HOST...), else localhost on its default port.
@@ -139,17 +149,35 @@ def _apply_env(config: NodeConfig, env: dict[str, str]) -> NodeConfig:
     return msgspec.convert(raw, NodeConfig, strict=False)
 
 
+def loose_permissions(path: Path) -> str:
+    """Describe why ``path`` is not private (group/other bits set), or "" when it is 0600-ish.
+
+    Always "" on platforms without POSIX modes.
+    """
+    if os.name != "posix":
+        return ""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077 == 0:
+        return ""
+    return f"accessible by other users (mode {mode:04o})"
+
+
 def load_node_key(home: Path) -> SecretKey:
     """Read the node's secret key.
 
     Raises:
-        ConfigError: the key file is missing (run ``infernet init``) or corrupt.
+        ConfigError: the key file is missing (run ``infernet init``), corrupt, or readable
+            by other users.
     """
     path = home / NODE_KEY_FILE
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
         raise ConfigError(f"{path} is missing: run `infernet init` first") from None
+    loose = loose_permissions(path)
+    if loose:
+        # Like ssh with a private key: a key others can read is refused, not used.
+        raise ConfigError(f"{path} is {loose}: run `chmod 600 {path}`")
     try:
         return SecretKey.from_hex(text)
     except KeyFormatError as exc:

@@ -27,6 +27,7 @@ from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
 from infernet.node.config import NodeConfig
+from infernet.node.control import NodeControl, NodeParts
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
@@ -62,6 +63,7 @@ class _Announcer:
         self.mesh = mesh
         self.executor = executor
         self.backend = backend
+        self.last_published: float | None = None  # unix time, for `infernet status`
 
     def encode(self) -> bytes:
         now = int(time.time())
@@ -94,6 +96,7 @@ class _Announcer:
                 announced = self.state()
                 await gossip.publish(self.encode())
                 last_sent = trio.current_time()
+                self.last_published = time.time()
             known = peers
             await trio.sleep(MESH_CHECK_EVERY)  # periodic check of mesh and load
 
@@ -103,13 +106,18 @@ async def run_node(
     config: NodeConfig,
     key: SecretKey,
     *,
+    stop: trio.Event | None = None,
     task_status: TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the node until cancelled; ``task_status.started(NodeInfo)`` once it serves jobs.
 
+    Setting ``stop`` (or ``POST /stop`` on the control port) drains and returns: new jobs
+    are refused, jobs in flight get up to ``config.drain_timeout`` seconds to finish.
+
     Raises:
         BackendError: the engine did not come up.
         TransportError: the port cannot be bound or a bootstrap address is malformed.
+        InfernetError: the control port cannot be bound.
     """
     async with open_backend(config, home) as backend:
         listed = await backend.list_models()
@@ -123,11 +131,17 @@ async def run_node(
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
                                    relay=relay, key=key, weights=weights)
 
+            announcer = _Announcer(key, config, mesh, executor, backend.name)
+            control = NodeControl(NodeParts(
+                home=home, config=config, key=key, backend=backend, executor=executor,
+                mesh=mesh, table=peers.table, last_announced=lambda: announcer.last_published,
+            ), stop)
+            runner = control.jobs.wrap(executor.run)  # counts jobs, refuses them when draining
+
             async def handle(stream: Any) -> None:
-                await serve_job_stream(stream, executor.run)
+                await serve_job_stream(stream, runner)
 
             mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
-            announcer = _Announcer(key, config, mesh, executor, backend.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(peers.serve)
                 nursery.start_soon(announcer.run, peers.gossip)
@@ -142,5 +156,8 @@ async def run_node(
                     backend=backend.name,
                     models=tuple(sorted(models)),
                 )
+                await nursery.start(control.serve)
                 log.info("node %s listening on %s", info.peer_id, ", ".join(info.listen_addrs))
                 task_status.started(info)
+                await control.run_until_stopped()
+                nursery.cancel_scope.cancel()

@@ -136,6 +136,8 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launche
     env = dict(os.environ)
     env.setdefault("INFERNET_MODEL_CACHE", str(Path.home() / ".cache" / "infernet" / "models"))
     env["PYTHONUNBUFFERED"] = "1"
+    # Any free control port: tests (and other suites on this machine) never share 46339.
+    env.setdefault("INFERNET_CONTROL_PORT", "0")
     env["INFERNET_MDNS"] = "false"  # mDNS only inside a private netns (tests/mesh/test_mdns.py)
     launcher = Launcher(tmp_path, env)
     yield launcher

@@ -49,5 +49,5 @@ def test_chat_direct_to_peer_and_via_coordinator(launcher: Launcher) -> None:
         [str(BIN / "infernet"), "chat", "--peer", "/ip4/127.0.0.1/tcp/1", "hi"],
         env={**launcher.env, "INFERNET_HOME": str(home)}, capture_output=True, text=True,
         timeout=60)
-    assert bad_addr.returncode == 1
+    assert bad_addr.returncode == 2  # bad input (a malformed multiaddr) exits 2
     assert "[bad_request]" in bad_addr.stderr and "Traceback" not in bad_addr.stderr
