@@ -70,6 +70,7 @@ class _Context:
     home: Path
     config: NodeConfig
     status: dict[str, Any] | None = None
+    hardware: Any = None  # infernet.node.hardware.HardwareInfo when this build detects it
     checks: list[Check] = field(default_factory=list)
 
     def add(self, name: str, status: Status, detail: str, fix: str = "") -> None:
@@ -188,9 +189,7 @@ def _check_backend(ctx: _Context) -> None:
         else:
             ctx.add("Backend", "fail", f"{backend['name']} is not answering its health check",
                     "see `infernet logs`; restart the engine or the node")
-        if not doc["models"]:
-            ctx.add("Models", "warn", "the node serves no model",
-                    "install one with `infernet model install NAME`")
+        _check_models(ctx, doc["models"])
         return
     try:
         select = importlib.import_module("infernet.backends.select")
@@ -219,6 +218,41 @@ async def _probe_backend(select: Any, config: NodeConfig) -> tuple[str, Status, 
     return ("Backend", "fail", f"{selection.kind} not reachable at {selection.url}: "
             f"{probe.detail}", f"start {selection.kind}, or set `backend`/`backend_url` "
             "(`infernet config set backend auto` falls back to the embedded engine)")
+
+
+def _check_models(ctx: _Context, served: list[str]) -> None:
+    if not served:
+        ctx.add("Models", "warn", "the node serves no model",
+                "install one with `infernet model install NAME`")
+        return
+    missing = sorted(set(ctx.config.served_models) - set(served))
+    if missing:
+        ctx.add("Models", "warn", f"served_models lists {', '.join(missing)} but the node "
+                f"serves {', '.join(served)}", "install them (`infernet model install NAME`) "
+                "or remove them from served_models, then restart the node")
+    else:
+        ctx.add("Models", "ok", f"in sync: {', '.join(served)}")
+
+
+def _check_fit(ctx: _Context) -> None:
+    doc, info = ctx.status, ctx.hardware
+    if doc is None or info is None or not doc["models"]:
+        return  # nothing served, or this build cannot tell the machine's memory
+    try:
+        fit = importlib.import_module("infernet.backends.fit")
+    except ImportError:
+        return
+    from infernet.backends.base import ModelInfo
+
+    budget = info.memory_budget_bytes or None
+    verdicts = [fit.check_fit(ModelInfo(name=name), budget) for name in doc["models"]]
+    too_big = [v.reason for v in verdicts if not v.fits]
+    if too_big:
+        ctx.add("VRAM fit", "warn", "; ".join(too_big),
+                "serve a smaller or more quantized variant")
+    else:
+        memory = "VRAM" if info.vram_total_bytes else "RAM"
+        ctx.add("VRAM fit", "ok", f"every served model fits in {memory}")
 
 
 def _port_free(host: str, port: int) -> str:
@@ -320,6 +354,7 @@ def _check_gpu(ctx: _Context) -> None:
         ctx.add("GPU", "warn", "this build cannot detect GPUs", "")
         return
     info = hardware.detect_hardware(ctx.home if ctx.home.exists() else Path.home())
+    ctx.hardware = info
     if not info.gpus:
         ctx.add("GPU", "warn", "no GPU found: serving on CPU",
                 "for larger models install the GPU driver (NVIDIA: nvidia-smi must work)")
@@ -340,7 +375,7 @@ def _check_mdns(ctx: _Context) -> None:
 
 CHECKS: Final[tuple[Callable[[_Context], None], ...]] = (
     _check_config, _check_keys, _check_node, _check_backend, _check_ports, _check_disk,
-    _check_log, _check_coordinator, _check_gpu, _check_mdns,
+    _check_log, _check_coordinator, _check_gpu, _check_fit, _check_mdns,
 )
 
 

@@ -133,6 +133,8 @@ class NodeControl:
         """
         await self.stop_requested.wait()
         self.jobs.draining = True
+        # Announced at once (zero free slots), so peers and the coordinator route elsewhere.
+        self.parts.executor.draining = True
         timeout = self.parts.config.drain_timeout
         if self.jobs.running:
             log.info("draining: refusing new jobs, waiting up to %.0f s for %d in flight",

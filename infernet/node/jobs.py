@@ -89,11 +89,12 @@ class JobExecutor:
         self.node_pubkey = node_pubkey
         self.completed = 0
         self.failed = 0
+        self.draining = False  # set by infernet.node.control: announce no free slot
 
     @property
     def free_slots(self) -> int:
-        """Slots not held by a running job."""
-        return int(self.limiter.available_tokens)
+        """Slots not held by a running job (none while the node drains)."""
+        return 0 if self.draining else int(self.limiter.available_tokens)
 
     async def run(self, request: JobRequest, peer: str, send: SendFrame) -> None:
         """Answer ``request`` from ``peer`` by sending frames through ``send``. Cancel-safe."""

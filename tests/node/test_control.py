@@ -30,10 +30,11 @@ class StubExecutor:
     def __init__(self) -> None:
         self.models = {"m1", "m0"}
         self.limiter = trio.CapacityLimiter(2)
+        self.draining = False
 
     @property
     def free_slots(self) -> int:
-        return int(self.limiter.available_tokens)
+        return 0 if self.draining else int(self.limiter.available_tokens)
 
 
 class StubMesh:
@@ -104,7 +105,9 @@ async def test_status_metrics_and_stop(tmp_path: Path) -> None:
             await control.stop_requested.wait()
             await control.run_until_stopped()  # nothing in flight: returns at once
         async with httpx.AsyncClient(base_url=base) as client:
-            assert (await client.get("/status")).json()["state"] == "draining"
+            doc = (await client.get("/status")).json()
+            # Draining announces no free slot, so peers and the coordinator go elsewhere.
+            assert doc["state"] == "draining" and doc["slots"]["free"] == 0
         nursery.cancel_scope.cancel()
     assert not (tmp_path / "run" / "control.json").exists()
 
