@@ -121,6 +121,12 @@ async def run_node(
     """
     async with open_backend(config, home) as backend:
         listed = await backend.list_models()
+        if config.served_models:
+            missing = set(config.served_models) - {m.name for m in listed}
+            if missing:
+                log.warning("served_models lists %s, which %s does not have",
+                            ", ".join(sorted(missing)), backend.name)
+            listed = [m for m in listed if m.name in config.served_models]
         models = {m.name for m in listed}
         weights = {m.name: m.digest for m in listed if m.digest}  # for receipts
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))

@@ -111,6 +111,11 @@ class Network:
         r.raise_for_status()
         return [m["id"] for m in r.json()["data"]]
 
+    def models_full(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.token}"})
+        r.raise_for_status()
+        return list(r.json()["data"])
+
     def add_node(self, name: str = "node", **extra_env: str) -> Proc:
         home = self.launcher.root / name
         self.launcher.run([str(BIN / "infernet"), "init"], home)
