@@ -24,7 +24,6 @@ Invariants a parsed ``Announcement`` satisfies:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Final
 
@@ -107,8 +106,7 @@ class Announcement(msgspec.Struct, frozen=True):
 
 
 def _inconsistency(caps: Capabilities) -> str | None:
-    names = [offer.name for offer in caps.models]
-    if len(set(names)) != len(names):
+    if len(caps.models) > 1 and len({offer.name for offer in caps.models}) != len(caps.models):
         return "a model name appears twice"
     if caps.slots_free > caps.slots_total:
         return "more free slots than slots"
@@ -158,13 +156,15 @@ def build_announcement(
 
 
 def _major_version(version: str) -> int | None:
+    if version == PROTOCOL_VERSION:  # the common case, without parsing
+        return SUPPORTED_MAJOR
     major, _, _ = version.partition(".")
     return int(major) if major.isascii() and major.isdigit() and len(major) <= 4 else None
 
 
 def _decode_caps(content: str) -> Capabilities:
     try:
-        return _CAPS_DECODER.decode(content.encode("utf-8"))
+        return _CAPS_DECODER.decode(content)
     except (msgspec.MsgspecError, RecursionError, UnicodeError) as exc:
         raise RemoteProtocolError(f"malformed announcement content: {exc}") from None
 
@@ -201,7 +201,8 @@ def _parse(
     event = decode_event(data, max_size)
     if event.kind != ANNOUNCE_KIND:
         raise RemoteProtocolError(f"event kind {event.kind} is not an announcement")
-    if sender_pubkey is not None and event.pubkey != sender_pubkey.hex():
+    pubkey = key_of(event.pubkey)  # decode_event checked it is 64 lower-case hex
+    if sender_pubkey is not None and pubkey != sender_pubkey:
         raise SignatureError("announcement pubkey does not match sender peer id")
     if event.created_at > now + max_future_skew:
         raise RemoteProtocolError("announcement is from the future")
@@ -213,7 +214,6 @@ def _parse(
     if (problem := _inconsistency(caps)) is not None:
         raise RemoteProtocolError(f"announcement is inconsistent: {problem}")
     _check_tags(event, caps)
-    pubkey = key_of(event.pubkey)
     verify_event(event, pubkey)
     return Announcement(event=event, caps=caps, pubkey=pubkey)
 
@@ -255,19 +255,17 @@ class AnnouncementVerifier:
         max_size: int = DEFAULT_MAX_SIZE,
         max_future_skew: int = 60,
     ) -> None:
-        self._keys: OrderedDict[str, PublicKey] = OrderedDict()
+        self._keys: dict[str, PublicKey] = {}
         self._max_keys: Final = max(1, max_keys)
         self._max_size: Final = max_size
         self._max_future_skew: Final = max_future_skew
 
     def _key_of(self, pubkey_hex: str) -> PublicKey:
         key = self._keys.get(pubkey_hex)
-        if key is None:
+        if key is None:  # first in, first out: live nodes come straight back
+            if len(self._keys) >= self._max_keys:
+                del self._keys[next(iter(self._keys))]
             key = self._keys[pubkey_hex] = PublicKey.from_hex(pubkey_hex)
-            if len(self._keys) > self._max_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(pubkey_hex)
         return key
 
     def parse(self, data: bytes, *, now: int, sender_pubkey: PublicKey | None) -> Announcement:

@@ -214,12 +214,15 @@ def _decode_payload(payload: str, max_plaintext: int) -> tuple[bytes, bytes, byt
         raise Nip44Error(f"invalid payload size {len(payload)}")
     try:
         encoded = payload.encode("ascii")
-        raw = base64.b64decode(encoded, validate=True)
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
     except (UnicodeEncodeError, binascii.Error, ValueError):
         raise Nip44Error("invalid base64") from None
-    # Python ignores the unused low bits of the last character; only the canonical spelling
-    # counts, so a payload cannot be altered without the MAC noticing.
-    if base64.b64encode(raw) != encoded:
+    # Strict mode still ignores the unused low bits of the last character and accepts
+    # padding after a full group; only the canonical spelling counts, so a payload cannot
+    # be altered without the MAC noticing. Full groups are 1:1, so checking the last one
+    # (instead of re-encoding everything) suffices.
+    tail = len(raw) % 3 or 3
+    if len(encoded) % 4 or binascii.b2a_base64(raw[-tail:], newline=False) != encoded[-4:]:
         raise Nip44Error("invalid base64 (non-canonical)")
     if len(raw) < _MIN_PAYLOAD_BYTES:
         raise Nip44Error(f"invalid data size {len(raw)}")

@@ -216,6 +216,12 @@ def test_non_canonical_base64_is_rejected() -> None:
     assert base64.b64decode(twin) == base64.b64decode(payload)
     with pytest.raises(Nip44Error, match="non-canonical"):
         decrypt_bytes(twin, conv)
+    full_groups = encrypt_bytes(b"x" * 32, conv, bytes(32))  # 99 raw bytes: no padding
+    assert not full_groups.endswith("=")
+    with pytest.raises(Nip44Error, match="base64"):
+        decrypt_bytes(full_groups + "=", conv)  # padding after a full group
+    with pytest.raises(Nip44Error, match="base64"):
+        decrypt_bytes(full_groups[:-4] + "\n" + full_groups[-4:], conv)
 
 
 def test_decrypted_bytes_that_are_not_utf8_are_an_error() -> None:

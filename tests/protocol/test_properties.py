@@ -3,7 +3,7 @@
 - every frame and every event round-trips through its encoding;
 - any single-byte mutation of a signed event or announcement is rejected with our errors;
 - a fuzz smoke: every decoder fed arbitrary bytes raises only ``InfernetError`` subclasses.
-  A longer run of the same targets: ``python -m bench.fuzz_protocol`` (see bench/README.md).
+  A longer run of the same targets: ``python -m tests.protocol.fuzz_targets --seconds 600``.
 """
 
 from __future__ import annotations
