@@ -274,3 +274,20 @@ def test_sign_verify_round_trip(inp: int, out: int, value: Decimal) -> None:
     signed = sign_receipt(receipt(input_tokens=inp, output_tokens=out, value=value), NODE)
     got = verify_receipt(decode_signed_receipt(encode_receipt(signed))).receipt
     assert (got.input_tokens, got.output_tokens, got.value) == (inp, out, value)
+
+
+def test_spec_example_vector() -> None:
+    """specs/receipts.md §6: a second implementation can check itself against these values."""
+    signed = sign_receipt(receipt(client_pubkey="", weights_hash="", ttft_ms=180), NODE,
+                          aux=bytes(32))
+    assert NODE.public_key.hex().startswith("611df01b")
+    assert COORD.public_key.hex().startswith("18b1a759")
+    assert receipt_id(signed.body) == (
+        "2350af82f40f52fbd7e8738ba0f99c076add41fc2837682e50bd8cfd57511690")
+    assert signed.node_sig == (
+        "1cc45b3974e16805c495254bc8a8a676bb3ccc1fc2e8e243e1a81cd6e1ceb13f"
+        "83dd0326549b616a42f0918fffb365cc30ce0fc5acf32bf395be3329800d65ec")
+    assert countersign_receipt(signed, COORD, aux=bytes(32)).coordinator_sig == (
+        "45cf73d6efb8e8bab92fd9dc0e088a7e274da4662a61e8b63e083cec38864d7b"
+        "8f4a5befe103850efdbec13073f2394841fc06ee24f926f9c48c3ace7be3fc70")
+    assert signed.body.startswith(bytes.fromhex("b06474797065"))
