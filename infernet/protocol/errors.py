@@ -3,13 +3,22 @@
 Owns: the wire error codes (DESIGN.md §3 "Errors"), their HTTP status, retryability and
 default message, and the exception tree every Infernet layer raises.
 
-Exception tree::
+Exception tree (the classes outside this module live beside the rule they enforce)::
 
     InfernetError                 root of everything the project raises on purpose
     ├── ProtocolError             a message broke a wire rule
     │   ├── LocalProtocolError    we tried to send something illegal (our bug)
     │   └── RemoteProtocolError   the peer sent something illegal (its fault)
+    │       └── e2e.E2EError      a sealed request or chunk does not open or bind (bad_request)
     ├── SignatureError            a signature or event id does not verify
+    │   └── delegation.DelegationError   a key chain does not authorize the action
+    ├── auth.AuthError            X-Infernet-Auth refused (unauthorized): Malformed, Expired,
+    │   │                         Future, Replay, Signature (also a SignatureError), UnknownKey
+    │   └── auth.AuthBusyError    the nonce cache is full (rate_limited)
+    ├── keys.KeyFormatError       a key, bech32 or peer-id string is malformed (bad_request)
+    ├── nip44.Nip44Error          a NIP-44 payload or key is invalid (bad_request)
+    ├── pricing.PricingError      unknown chain or tier, a float for money (bad_request)
+    ├── replay.ReplayCacheFull    too many live nonces to remember one more (rate_limited)
     ├── TransportError            mesh only: unreachable peer, broken stream, timeout
     ├── BackendError              the inference engine failed or is unreachable
     └── JobFailed                 a job ended with a wire error code (carried as ``code``)
