@@ -3,7 +3,8 @@
 Owns: ``SecretKey`` and ``PublicKey`` (DESIGN.md §3 "Identity and signatures"), BIP-340
 Schnorr signing and verification, the NIP-19 bare-key bech32 forms ``npub1…``/``nsec1…``,
 and the pure mapping between a Nostr x-only key and a libp2p secp256k1 peer ID
-(libp2p/specs ``peer-ids/peer-ids.md``).
+(libp2p/specs ``peer-ids/peer-ids.md``). The other NIP-19 forms (``note``, ``nprofile``,
+``nevent``, ``naddr``) live in ``nip19``; ``specs/keys.md`` describes all of them.
 
 Invariants:
 

@@ -27,6 +27,7 @@ __all__ = [
     "AddressPointer",
     "EventPointer",
     "Profile",
+    "decode_bech32",
     "decode_naddr",
     "decode_nevent",
     "decode_note",
@@ -84,17 +85,34 @@ def _encode(hrp: str, data: bytes) -> str:
 
 
 def _decode(hrp: str, text: str) -> bytes:
-    if not isinstance(text, str) or len(text) > _MAX_BECH32_LEN:
-        raise KeyFormatError(f"not a valid {hrp}")
-    got_hrp, words = bech32.bech32_decode(text)
-    if got_hrp is None or words is None:
-        raise KeyFormatError(f"not a valid bech32 {hrp} (bad character or checksum)")
+    try:
+        got_hrp, data = decode_bech32(text)
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"not a valid {hrp}: {exc}") from None
     if got_hrp != hrp:
         raise KeyFormatError(f"expected a {hrp}, got a {got_hrp}")
+    return data
+
+
+def decode_bech32(text: str) -> tuple[str, bytes]:
+    """Decode any Bech32 string (BIP-173 checksum, not Bech32m) into its HRP and bytes.
+
+    The 5-to-8-bit conversion refuses more than 4 padding bits and non-zero padding, as
+    NIP-19 requires.
+
+    Raises:
+        KeyFormatError: bad characters, mixed case, no separator, empty HRP, bad checksum
+            (a Bech32m string included), bad padding, or over 5000 characters.
+    """
+    if not isinstance(text, str) or len(text) > _MAX_BECH32_LEN:
+        raise KeyFormatError("not a valid bech32 string")
+    hrp, words = bech32.bech32_decode(text)
+    if hrp is None or words is None:
+        raise KeyFormatError("not a valid bech32 string (bad character or checksum)")
     data = bech32.convertbits(words, 5, 8, False)
     if data is None:
-        raise KeyFormatError(f"{hrp} has invalid bech32 padding")
-    return bytes(data)
+        raise KeyFormatError("bech32 string has invalid padding")
+    return hrp, bytes(data)
 
 
 def _hex_id(value: str | bytes, what: str) -> bytes:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import bech32 as bech32_lib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -169,3 +170,48 @@ def test_decoders_on_arbitrary_text_raise_only_key_format_error(text: str) -> No
     for decode in (decode_note, decode_nprofile, decode_nevent, decode_naddr):
         with contextlib.suppress(KeyFormatError):
             decode(text)
+
+
+# --- bech32.json (BIP-173 / BIP-350) -----------------------------------------------------
+# NIP-19 is Bech32 only. bech32.valid must decode; bech32.invalid must not (the "overall max
+# length exceeded" case too: its 84-character HRP is over BIP-173's 83 even without the
+# 90-character total limit that NIP-19 relaxes); every Bech32m string, valid or not, must be
+# refused. The segwit_addresses lists test Bitcoin witness-version and program rules, not
+# NIP-19; the padding rules they also exercise are checked below on npub strings.
+
+
+def test_bech32_valid_strings_decode_and_reencode() -> None:
+    cases = load_json("bech32.json")["bech32"]["valid"]
+    assert len(cases) == 7
+    for case in cases:
+        hrp, data = nip19.decode_bech32(case["string"])
+        words = bech32_lib.convertbits(data, 8, 5, True)
+        assert words is not None
+        if len(data) * 8 % 5 == 0 or not any(data):  # re-encoding is exact when no bits pad
+            assert bech32_lib.bech32_encode(hrp, words) == case["string"].lower()
+
+
+@pytest.mark.parametrize("group", [("bech32", "invalid"), ("bech32m", "valid"),
+                                   ("bech32m", "invalid")], ids="-".join)
+def test_bech32_invalid_and_bech32m_strings_are_refused(group: tuple[str, str]) -> None:
+    cases = load_json("bech32.json")[group[0]][group[1]]
+    assert cases
+    for case in cases:
+        with pytest.raises(KeyFormatError):
+            nip19.decode_bech32(case["string"])
+
+
+def _npub_with_words(words: list[int]) -> str:
+    return bech32_lib.bech32_encode("npub", words)
+
+
+def test_padding_rules_on_npub() -> None:
+    key = SecretKey.generate().public_key
+    words = bech32_lib.convertbits(bytes(key), 8, 5, True)
+    assert words is not None and len(words) == 52  # 256 bits + 4 padding bits
+    assert decode_npub(_npub_with_words(words)) == key
+    nonzero = [*words[:-1], words[-1] | 1]  # non-zero padding in 8-to-5 conversion
+    with pytest.raises(KeyFormatError):
+        decode_npub(_npub_with_words(nonzero))
+    with pytest.raises(KeyFormatError):
+        decode_npub(_npub_with_words([*words, 0]))  # more than 4 bits of padding
