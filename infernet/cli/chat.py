@@ -13,9 +13,12 @@ import json
 import os
 import sys
 from contextlib import aclosing
+from typing import TYPE_CHECKING
 
-from infernet.client import ChatResult, coordinator_chat, open_peer_client
 from infernet.protocol.errors import InfernetError
+
+if TYPE_CHECKING:
+    from infernet.client import ChatResult
 
 __all__ = ["add_chat_command", "run_chat"]
 
@@ -53,6 +56,9 @@ async def run_chat(args: argparse.Namespace) -> int:
     Raises:
         InfernetError: the job failed (the CLI prints its code and message).
     """
+    # Imported here: the client pulls in libp2p (~1 s), which no other command should pay.
+    from infernet.client import ChatResult, coordinator_chat, open_peer_client
+
     def emit(text: str) -> None:
         if not args.json:
             sys.stdout.write(text)

@@ -40,6 +40,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from infernet.protocol.errors import TransportError
+from infernet.protocol.ports import NODE_P2P_PORT
 
 __all__ = [
     "DEFAULT_PORT",
@@ -52,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger("infernet.mesh")
 
-DEFAULT_PORT: Final = 46337
+DEFAULT_PORT: Final = NODE_P2P_PORT
 GOSSIPSUB_PROTOCOL: Final = TProtocol("/meshsub/1.1.0")
 DIAL_TIMEOUT: Final = 10.0
 

@@ -16,9 +16,9 @@ from typing import Annotated, Final
 import msgspec
 
 from infernet.backends.engines import BackendChoice
-from infernet.mesh.host import DEFAULT_PORT
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import KeyFormatError, SecretKey
+from infernet.protocol.ports import NODE_P2P_PORT
 
 __all__ = [
     "BackendKind",
@@ -52,7 +52,7 @@ class ConfigError(InfernetError):
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything an operator can set for a node."""
 
-    port: Port = DEFAULT_PORT
+    port: Port = NODE_P2P_PORT
     listen_host: str = "0.0.0.0"
     bootstrap: tuple[str, ...] = ()
     advertise: bool = True
