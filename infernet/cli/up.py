@@ -21,10 +21,11 @@ import httpx
 import msgspec
 import trio
 from httpx_sse import aconnect_sse
+from trio_typing import TaskStatus
 
 from coordinator.service import CoordinatorConfig, open_store, run_coordinator
 from infernet.node.config import init_home, load_config
-from infernet.node.daemon import run_node
+from infernet.node.daemon import NodeInfo, run_node
 from infernet.protocol.errors import InfernetError
 
 __all__ = ["run_up"]
@@ -116,7 +117,12 @@ async def run_up(home: Path, args: argparse.Namespace, scope: trio.CancelScope) 
         node_config = msgspec.structs.replace(
             config, listen_host="127.0.0.1", port=args.p2p_port, mdns=False,
             bootstrap=(cinfo.bootstrap_addrs[0],))
-        await nursery.start(run_node, home, node_config, key)
+
+        async def node(*, task_status: TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+            await run_node(home, node_config, key, task_status=task_status)
+            scope.cancel()  # stopped with `infernet stop`: the local network goes down with it
+
+        await nursery.start(node)
         base = f"{cinfo.api_url}/v1"
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=120.0)) as client:
             try:

@@ -50,3 +50,25 @@ def test_up_prints_url_and_token_answers_and_stops_cleanly(
     assert code == 0
     assert "Traceback" not in err.read_text()
     assert (home / "logs" / "up.log").exists()
+
+
+def test_infernet_stop_takes_the_whole_local_network_down(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = {**launcher.env, "INFERNET_HOME": str(home)}
+    out = tmp_path / "up.stdout"
+    with out.open("wb") as o:
+        popen = subprocess.Popen(
+            [str(BIN / "infernet"), "up", "--no-demo", "--api-port", str(free_port()),
+             "--p2p-port", "0"], stdout=o, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: "Serving until Ctrl-C." in out.read_text(), 180, "infernet up")
+        stop = subprocess.run([str(BIN / "infernet"), "stop"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert popen.wait(30) == 0
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
