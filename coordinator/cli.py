@@ -1,4 +1,4 @@
-"""The ``infernet-coordinator`` command: ``serve`` and ``token create|revoke``.
+"""The ``infernet-coordinator`` command: ``serve`` and ``token create|list|limits|revoke``.
 
 The data directory holds the SQLite database and the coordinator's libp2p key:
 ``--data-dir``, else ``INFERNET_COORDINATOR_HOME``, else ``$INFERNET_HOME/coordinator``.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM
 from coordinator.service import (
     DEFAULT_HTTP_PORT,
     DEFAULT_P2P_PORT,
@@ -21,6 +22,7 @@ from coordinator.service import (
     open_store,
     run_coordinator,
 )
+from coordinator.store import Store
 from infernet.cli.logs import setup_logging
 from infernet.cli.signals import run_until_signal
 from infernet.node.config import home_dir
@@ -47,13 +49,73 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     serve.add_argument("--p2p-host", default="0.0.0.0")
     serve.add_argument("--p2p-port", type=int, default=DEFAULT_P2P_PORT)
+    serve.add_argument("--job-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                       help="a job not finished after this fails with `timeout` (default 300)")
+    serve.add_argument("--capacity-wait", type=_positive_float, default=5.0, metavar="SECONDS",
+                       help="how long an interactive request waits for a free node slot "
+                            "before 503 no_capacity (default 5)")
+    serve.add_argument("--rpm", type=_positive_int, default=DEFAULT_RPM,
+                       help=f"default job submissions per minute per token ({DEFAULT_RPM})")
+    serve.add_argument("--rph", type=_positive_int, default=DEFAULT_RPH,
+                       help=f"default job submissions per hour per token ({DEFAULT_RPH})")
     token = sub.add_parser("token", help="manage API tokens")
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = tsub.add_parser("create", help="mint a token (printed once)")
     create.add_argument("--name", required=True)
+    create.add_argument("--rpm", type=_positive_int, help="own per-minute limit")
+    create.add_argument("--rph", type=_positive_int, help="own per-hour limit")
+    limits = tsub.add_parser("limits", help="set a token's limits (omit one for the default)")
+    limits.add_argument("id")
+    limits.add_argument("--rpm", type=_positive_int)
+    limits.add_argument("--rph", type=_positive_int)
+    tsub.add_parser("list", help="list tokens (ids, names, limits; never secrets)")
     revoke = tsub.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id")
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _limit(value: int | None) -> str:
+    return "default" if value is None else str(value)
+
+
+def _token_command(store: Store, args: argparse.Namespace) -> int:
+    if args.token_command == "create":
+        secret, record = store.create_token(args.name, rpm=args.rpm, rph=args.rph)
+        print(secret)
+        print(f"token id {record.id} ({record.name}); store the secret now: "
+              "it is not shown again", file=sys.stderr)
+        return 0
+    if args.token_command == "list":
+        for record, revoked in store.list_tokens():
+            state = "revoked" if revoked else "live"
+            print(f"{record.id}  {state:<7}  rpm={_limit(record.rpm):<7}  "
+                  f"rph={_limit(record.rph):<7}  {record.name}")
+        return 0
+    if args.token_command == "limits":
+        if store.set_token_limits(args.id, rpm=args.rpm, rph=args.rph):
+            print(f"{args.id}: rpm={_limit(args.rpm)} rph={_limit(args.rph)}")
+            return 0
+        print(f"error: no live token with id {args.id}", file=sys.stderr)
+        return 1
+    if store.revoke_token(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"error: no live token with id {args.id}", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,22 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             store = open_store(data_dir)
             try:
-                if args.token_command == "create":
-                    secret, record = store.create_token(args.name)
-                    print(secret)
-                    print(f"token id {record.id} ({record.name}); store the secret now: "
-                          "it is not shown again", file=sys.stderr)
-                    return 0
-                if store.revoke_token(args.id):
-                    print(f"revoked {args.id}")
-                    return 0
-                print(f"error: no live token with id {args.id}", file=sys.stderr)
-                return 1
+                return _token_command(store, args)
             finally:
                 store.close()
         config = CoordinatorConfig(data_dir=data_dir, http_host=args.http_host,
                                    http_port=args.http_port, p2p_host=args.p2p_host,
-                                   p2p_port=args.p2p_port)
+                                   p2p_port=args.p2p_port, job_timeout=args.job_timeout,
+                                   capacity_wait=args.capacity_wait, rpm=args.rpm,
+                                   rph=args.rph)
 
         async def serve(scope: trio.CancelScope) -> None:
             await run_coordinator(config)

@@ -1,7 +1,9 @@
 """OpenAI wire shapes: parsing chat requests and building responses, SSE chunks and errors.
 
-Owns: the subset of OpenAI's Chat Completions API the coordinator speaks (request fields are
-passed through to the node; unknown fields are ignored as OpenAI's own SDKs add new ones), the
+Owns: the subset of OpenAI's Chat Completions API the coordinator speaks (honoured fields are
+passed through to the node; the other parameters of OpenAI's reference are accepted and
+ignored, and a top-level field OpenAI does not define is refused with 400 as OpenAI refuses
+it; nested objects stay lenient because new SDKs add keys there), the
 ``{"error": {code, message, type}}`` body the SDKs turn into typed exceptions, and the
 served-by provenance (an extra ``infernet`` object the SDKs ignore but keep).
 
@@ -11,20 +13,26 @@ Pure: no I/O, no clock (``created`` is an argument).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from infernet.protocol.errors import ErrorCode, info
 from infernet.protocol.frames import JobRequest, Message
+from infernet.protocol.keys import KeyFormatError, PublicKey, encode_npub
 
 __all__ = [
+    "MAX_TOKENS",
     "BadRequest",
     "ChatCompletionRequest",
+    "ContentPart",
     "ResponseMeta",
+    "Role",
     "completion_body",
     "error_body",
     "parse_chat_request",
+    "provenance",
+    "provenance_headers",
     "sse",
     "stream_chunk",
     "to_job_request",
@@ -32,7 +40,9 @@ __all__ = [
 ]
 
 _MAX_MESSAGES = 1024
-_TokenCount = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+MAX_TOKENS = 131_072  # far past any context window served today; larger is a client bug
+_TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -45,7 +55,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
 class ChatMessageIn(msgspec.Struct, kw_only=True):
     """A message as clients send it."""
 
-    role: str
+    role: Role
     content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
@@ -62,8 +72,9 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(msgspec.Struct, kw_only=True):
-    """The fields of ``POST /v1/chat/completions`` the network honours."""
+class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/chat/completions``: the honoured fields, then OpenAI's other parameters
+    (accepted so SDK code runs unchanged, not acted on)."""
 
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     messages: Annotated[list[ChatMessageIn], msgspec.Meta(min_length=1, max_length=_MAX_MESSAGES)]
@@ -75,6 +86,30 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     stop: str | list[str] | None = None
     seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
+    audio: Any = None
+    frequency_penalty: Any = None
+    function_call: Any = None
+    functions: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    metadata: Any = None
+    modalities: Any = None
+    parallel_tool_calls: Any = None
+    prediction: Any = None
+    presence_penalty: Any = None
+    prompt_cache_key: Any = None
+    reasoning_effort: Any = None
+    response_format: Any = None
+    safety_identifier: Any = None
+    service_tier: Any = None
+    store: Any = None
+    tool_choice: Any = None
+    tools: Any = None
+    top_logprobs: Any = None
+    user: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
 
 
 class BadRequest(ValueError):
@@ -137,13 +172,45 @@ class ResponseMeta:
     model: str
     created: int
     node_pubkey: str
+    weights_hash: str | None = None
+    receipt_id: str | None = None
 
     def head(self, obj: str) -> dict[str, Any]:
         return {"id": f"chatcmpl-{self.job_id}", "object": obj, "created": self.created,
                 "model": self.model}
 
-    def provenance(self) -> dict[str, str]:
-        return {"job_id": self.job_id, "node_pubkey": self.node_pubkey}
+    def provenance(self) -> dict[str, Any]:
+        return provenance(self.job_id, self.node_pubkey, self.weights_hash, self.receipt_id)
+
+    def headers(self) -> dict[str, str]:
+        """The provenance as response headers (``X-Infernet-*``)."""
+        return provenance_headers(self.job_id, self.node_pubkey, self.weights_hash,
+                                  self.receipt_id)
+
+
+def provenance(job_id: str, node_pubkey: str | None, weights_hash: str | None,
+               receipt_id: str | None) -> dict[str, Any]:
+    """Served-by provenance: the node that ran the job (hex and npub), its weights, its
+    receipt. Unknown parts are null (a job still pending has no node yet)."""
+    npub = None
+    if node_pubkey:
+        try:
+            npub = encode_npub(PublicKey.from_hex(node_pubkey))
+        except KeyFormatError:
+            npub = None
+    return {"job_id": job_id, "node_pubkey": node_pubkey, "node_npub": npub,
+            "weights_hash": weights_hash, "receipt_id": receipt_id}
+
+
+def provenance_headers(job_id: str, node_pubkey: str | None, weights_hash: str | None,
+                       receipt_id: str | None) -> dict[str, str]:
+    """``X-Infernet-Job``/``-Node``/``-Weights``/``-Receipt`` (the known ones)."""
+    out = {"X-Infernet-Job": job_id}
+    for name, value in (("Node", node_pubkey), ("Weights", weights_hash),
+                        ("Receipt", receipt_id)):
+        if value:
+            out[f"X-Infernet-{name}"] = value
+    return out
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -1,11 +1,23 @@
-"""The coordinator's durable state in SQLite: API tokens and the job log.
+"""The coordinator's durable state in SQLite: API tokens, the job log and known peers.
 
 Owns: the schema and its versioned migrations, token minting (only a SHA-256 of each token
-is stored), and job records. Nothing the coordinator needs after a restart lives in memory.
+is stored) with per-token rate limits, job records from ``pending`` to their outcome (result
+text, usage, timings, the request while the job may still have to run again), and each
+node's last verified announcement. Nothing the coordinator promised a client lives only in
+memory (``specs/http-api.md`` §"Durability").
 
-Invariants: WAL mode; one connection used from one worker thread at a time (`AsyncStore`
-serialises calls through a `CapacityLimiter(1)` so trio never blocks on disk); SQL stays
-portable (Postgres is the scale-out path, DESIGN.md §3 "Coordinator store").
+Invariants:
+- WAL mode with ``synchronous=NORMAL``: a commit survives the coordinator process dying
+  (SIGKILL included); the last few commits may be lost only if the machine itself loses
+  power (no fsync per commit; decision recorded in the spec).
+- One connection, used from one worker thread at a time (`AsyncStore` serialises every call
+  through a ``CapacityLimiter(1)``), so trio never blocks on disk.
+- A job's request is stored while it may need to run again and cleared when it ends, so
+  prompts do not outlive their jobs.
+- SQL stays portable (Postgres is the scale-out path, DESIGN.md §3 "Coordinator store").
+
+Larger than ~300 lines because the schema, the records and their queries belong together;
+the group-commit writer is in `coordinator.store_writer`.
 """
 
 from __future__ import annotations
@@ -14,14 +26,14 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, ParamSpec, TypeVar
+from typing import Final
 
-import trio
+from coordinator.store_writer import AsyncStore
 
-__all__ = ["AsyncStore", "JobRecord", "Store", "TokenRecord", "hash_token"]
+__all__ = ["MIGRATIONS", "AsyncStore", "JobRecord", "PeerRecord", "Store", "TokenRecord",
+           "hash_token"]
 
 TOKEN_PREFIX: Final = "inf_"
 
@@ -50,10 +62,40 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX jobs_token_created ON jobs (token_id, created_at);
     """,
+    # 2: the job lifecycle API (results, timings, re-queue), per-token limits, known peers.
+    """
+    ALTER TABLE tokens ADD COLUMN rpm INTEGER;
+    ALTER TABLE tokens ADD COLUMN rph INTEGER;
+    ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'openai';
+    ALTER TABLE jobs ADD COLUMN request TEXT;
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN started_at REAL;
+    ALTER TABLE jobs ADD COLUMN completed_at REAL;
+    ALTER TABLE jobs ADD COLUMN result_text TEXT;
+    ALTER TABLE jobs ADD COLUMN finish_reason TEXT;
+    ALTER TABLE jobs ADD COLUMN ttft_ms REAL;
+    ALTER TABLE jobs ADD COLUMN latency_ms REAL;
+    ALTER TABLE jobs ADD COLUMN tokens_per_s REAL;
+    ALTER TABLE jobs ADD COLUMN weights_hash TEXT;
+    ALTER TABLE jobs ADD COLUMN receipt_id TEXT;
+    CREATE INDEX jobs_status ON jobs (status);
+    CREATE TABLE peers (
+        pubkey TEXT PRIMARY KEY,
+        peer_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    """,
 )
 
-P = ParamSpec("P")
-T = TypeVar("T")
+_JOB_COLUMNS: Final = (
+    "id, token_id, model, status, node_pubkey, prompt_tokens, completion_tokens, error_code,"
+    " error_message, source, created_at, updated_at, started_at, completed_at, result_text,"
+    " finish_reason, ttft_ms, latency_ms, tokens_per_s, attempts, deadline, weights_hash,"
+    " receipt_id, request"
+)
+UNFINISHED: Final = ("pending", "processing")
 
 
 def hash_token(token: str) -> str:
@@ -63,16 +105,18 @@ def hash_token(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
-    """A minted token, without its secret."""
+    """A minted token, without its secret; ``rpm``/``rph`` None means the default limit."""
 
     id: str
     name: str
     created_at: float
+    rpm: int | None = None
+    rph: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """One job as the store knows it."""
+    """One job as the store knows it. Times are Unix seconds; ``request`` is JSON."""
 
     id: str
     token_id: str
@@ -82,6 +126,32 @@ class JobRecord:
     prompt_tokens: int | None
     completion_tokens: int | None
     error_code: str | None
+    error_message: str | None = None
+    source: str = "openai"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    completed_at: float | None = None
+    result_text: str | None = None
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    tokens_per_s: float | None = None
+    attempts: int = 0
+    deadline: float | None = None
+    weights_hash: str | None = None
+    receipt_id: str | None = None
+    request: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A node's last verified announcement (the signed event, JSON) and when it arrived."""
+
+    pubkey: str
+    peer_id: str
+    event: str
+    last_seen: float
 
 
 class Store:
@@ -91,6 +161,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
 
@@ -109,23 +180,49 @@ class Store:
         """Close the database."""
         self._db.close()
 
-    def create_token(self, name: str) -> tuple[str, TokenRecord]:
+    def transaction(self) -> sqlite3.Connection:
+        """The connection, for `AsyncStore`'s group commit (``BEGIN``/``COMMIT`` around a batch)."""
+        return self._db
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def create_token(
+        self, name: str, *, rpm: int | None = None, rph: int | None = None
+    ) -> tuple[str, TokenRecord]:
         """Mint a token; return (the secret, shown once, and its record)."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = TokenRecord(id="tok_" + secrets.token_hex(8), name=name, created_at=time.time())
+        record = TokenRecord(id="tok_" + secrets.token_hex(8), name=name,
+                             created_at=time.time(), rpm=rpm, rph=rph)
         self._db.execute(
-            "INSERT INTO tokens (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
-            (record.id, name, hash_token(token), record.created_at),
+            "INSERT INTO tokens (id, name, token_hash, created_at, rpm, rph)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, name, hash_token(token), record.created_at, rpm, rph),
         )
         return token, record
 
     def check_token(self, token: str) -> TokenRecord | None:
         """The record of a valid, unrevoked token, else None."""
         row = self._db.execute(
-            "SELECT id, name, created_at FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            "SELECT id, name, created_at, rpm, rph FROM tokens"
+            " WHERE token_hash = ? AND revoked_at IS NULL",
             (hash_token(token),),
         ).fetchone()
         return TokenRecord(*row) if row else None
+
+    def set_token_limits(self, token_id: str, *, rpm: int | None, rph: int | None) -> bool:
+        """Change a live token's limits (None: the default); False when no such token."""
+        cur = self._db.execute(
+            "UPDATE tokens SET rpm = ?, rph = ? WHERE id = ? AND revoked_at IS NULL",
+            (rpm, rph, token_id),
+        )
+        return cur.rowcount == 1
+
+    def list_tokens(self) -> list[tuple[TokenRecord, bool]]:
+        """Every token with whether it is revoked, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, name, created_at, rpm, rph, revoked_at FROM tokens ORDER BY created_at"
+        ).fetchall()
+        return [(TokenRecord(*row[:5]), row[5] is not None) for row in rows]
 
     def revoke_token(self, token_id: str) -> bool:
         """Revoke a token by id; False when no such live token exists."""
@@ -135,58 +232,142 @@ class Store:
         )
         return cur.rowcount == 1
 
-    def create_job(self, job_id: str, token_id: str, model: str) -> None:
+    # --- jobs ---------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        job_id: str,
+        token_id: str,
+        model: str,
+        *,
+        source: str = "openai",
+        request: str | None = None,
+        deadline: float | None = None,
+        created_at: float | None = None,
+    ) -> None:
         """Record a new pending job."""
+        now = time.time() if created_at is None else created_at
+        self._db.execute(
+            "INSERT INTO jobs (id, token_id, model, status, created_at, updated_at, source,"
+            " request, deadline) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+            (job_id, token_id, model, now, now, source, request, deadline),
+        )
+
+    def start_job(self, job_id: str, node_pubkey: str, *, weights_hash: str | None = None) -> None:
+        """Mark a job as processing on ``node_pubkey``."""
         now = time.time()
         self._db.execute(
-            "INSERT INTO jobs (id, token_id, model, status, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'pending', ?, ?)",
-            (job_id, token_id, model, now, now),
+            "UPDATE jobs SET status = 'processing', node_pubkey = ?, weights_hash = ?,"
+            " started_at = ?, updated_at = ? WHERE id = ?",
+            (node_pubkey, weights_hash, now, now, job_id),
         )
 
-    def start_job(self, job_id: str, node_pubkey: str) -> None:
-        """Mark a job as processing on ``node_pubkey``."""
+    def requeue_job(self, job_id: str) -> None:
+        """Put a job back to pending (its node was lost before the first token)."""
         self._db.execute(
-            "UPDATE jobs SET status = 'processing', node_pubkey = ?, updated_at = ? WHERE id = ?",
-            (node_pubkey, time.time(), job_id),
+            "UPDATE jobs SET status = 'pending', node_pubkey = NULL, started_at = NULL,"
+            " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            (time.time(), job_id),
         )
 
-    def finish_job(self, job_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Mark a job completed with its usage."""
+    def finish_job(
+        self,
+        job_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        text: str | None = None,
+        finish_reason: str | None = None,
+        ttft_ms: float | None = None,
+        latency_ms: float | None = None,
+        tokens_per_s: float | None = None,
+        receipt_id: str | None = None,
+    ) -> None:
+        """Mark a job completed with its result and usage; forget its request."""
+        now = time.time()
         self._db.execute(
             "UPDATE jobs SET status = 'completed', prompt_tokens = ?, completion_tokens = ?,"
-            " updated_at = ? WHERE id = ?",
-            (prompt_tokens, completion_tokens, time.time(), job_id),
+            " result_text = ?, finish_reason = ?, ttft_ms = ?, latency_ms = ?, tokens_per_s = ?,"
+            " receipt_id = ?, request = NULL, completed_at = ?, updated_at = ? WHERE id = ?",
+            (prompt_tokens, completion_tokens, text, finish_reason, ttft_ms, latency_ms,
+             tokens_per_s, receipt_id, now, now, job_id),
         )
 
-    def fail_job(self, job_id: str, code: str, message: str) -> None:
-        """Mark a job failed with an error code."""
+    def fail_job(
+        self, job_id: str, code: str, message: str, *, latency_ms: float | None = None
+    ) -> None:
+        """Mark a job failed with an error code; forget its request."""
+        now = time.time()
         self._db.execute(
-            "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, updated_at = ?"
-            " WHERE id = ?",
-            (code, message, time.time(), job_id),
+            "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?,"
+            " latency_ms = ?, request = NULL, completed_at = ?, updated_at = ? WHERE id = ?",
+            (code, message, latency_ms, now, now, job_id),
         )
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """One job by id."""
         row = self._db.execute(
-            "SELECT id, token_id, model, status, node_pubkey, prompt_tokens, completion_tokens,"
-            " error_code FROM jobs WHERE id = ?",
-            (job_id,),
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
         return JobRecord(*row) if row else None
 
+    def list_jobs(
+        self,
+        token_id: str,
+        *,
+        limit: int = 20,
+        status: str | None = None,
+        since: float | None = None,
+    ) -> list[JobRecord]:
+        """A token's jobs, newest first."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE token_id = ?"
+        args: list[object] = [token_id]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            args.append(since)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        return [JobRecord(*row) for row in self._db.execute(sql, args).fetchall()]
 
-class AsyncStore:
-    """Runs `Store` calls on a worker thread, one at a time."""
+    def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs still pending or processing (after a restart: the ones to sweep)."""
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at",
+            UNFINISHED,
+        ).fetchall()
+        return [JobRecord(*row) for row in rows]
 
-    def __init__(self, store: Store) -> None:
-        self.sync = store
-        self._limiter = trio.CapacityLimiter(1)
+    def job_times_since(self, since: float) -> list[tuple[str, float]]:
+        """(token id, created_at) of every job created at or after ``since``, oldest first."""
+        return self._db.execute(
+            "SELECT token_id, created_at FROM jobs WHERE created_at >= ? ORDER BY created_at",
+            (since,),
+        ).fetchall()
 
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` off the trio thread. Not cancel-safe mid-write:
-        the write completes even if the caller is cancelled."""
-        return await trio.to_thread.run_sync(
-            lambda: fn(*args, **kwargs), limiter=self._limiter
+    # --- peers --------------------------------------------------------------------------
+
+    def save_peer(self, record: PeerRecord) -> None:
+        """Remember a node's latest verified announcement."""
+        self._db.execute(
+            "INSERT INTO peers (pubkey, peer_id, event, last_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (pubkey) DO UPDATE SET peer_id = excluded.peer_id,"
+            " event = excluded.event, last_seen = excluded.last_seen",
+            (record.pubkey, record.peer_id, record.event, record.last_seen),
         )
+
+    def get_peer(self, pubkey: str) -> PeerRecord | None:
+        """One node's last announcement, if it ever announced."""
+        row = self._db.execute(
+            "SELECT pubkey, peer_id, event, last_seen FROM peers WHERE pubkey = ?", (pubkey,)
+        ).fetchone()
+        return PeerRecord(*row) if row else None
+
+    def load_peers(self) -> list[PeerRecord]:
+        """Every node ever announced, most recently seen first."""
+        rows = self._db.execute(
+            "SELECT pubkey, peer_id, event, last_seen FROM peers ORDER BY last_seen DESC"
+        ).fetchall()
+        return [PeerRecord(*row) for row in rows]

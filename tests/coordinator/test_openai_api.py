@@ -15,11 +15,13 @@ import openai
 import pytest
 
 from coordinator.openai_api import (
+    MAX_TOKENS,
     BadRequest,
     ResponseMeta,
     completion_body,
     error_body,
     parse_chat_request,
+    provenance_headers,
     sse,
     stream_chunk,
     to_job_request,
@@ -27,10 +29,14 @@ from coordinator.openai_api import (
 )
 from infernet.protocol.errors import ErrorCode, info
 from infernet.protocol.frames import JobRequest, Message
+from infernet.protocol.keys import PublicKey, encode_npub
 
 META = ResponseMeta(job_id="job-7", model="gemma3-270m", created=1_700_000_000,
                     node_pubkey="ab" * 32)
 USER_HI = [{"role": "user", "content": "Hi"}]
+PROVENANCE = {"job_id": "job-7", "node_pubkey": "ab" * 32,
+              "node_npub": encode_npub(PublicKey.from_hex("ab" * 32)),
+              "weights_hash": None, "receipt_id": None}
 
 
 def body(**fields: Any) -> bytes:
@@ -90,10 +96,10 @@ def test_typical_sdk_body_round_trips_through_the_sdk() -> None:
     assert resp.usage is not None
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (5, 2)
     assert resp.usage.total_tokens == 7
-    assert resp.model_extra == {"infernet": {"job_id": "job-7", "node_pubkey": "ab" * 32}}
+    assert resp.model_extra == {"infernet": PROVENANCE}
 
 
-def test_parse_keeps_the_honoured_fields_and_ignores_unknown_ones() -> None:
+def test_parse_keeps_the_honoured_fields_and_ignores_openais_other_parameters() -> None:
     req = parse_chat_request(body(
         stream=True, stream_options={"include_usage": True, "future": 1}, max_tokens=32,
         temperature=0.2, top_p=0.95, stop="END", seed=3,
@@ -108,6 +114,36 @@ def test_parse_keeps_the_honoured_fields_and_ignores_unknown_ones() -> None:
     assert (req.max_tokens, req.temperature, req.top_p, req.stop, req.seed) == (
         32, 0.2, 0.95, "END", 3
     )
+
+
+@pytest.mark.parametrize("field", ["foo", "max_token", "Model", "prompt"])
+def test_a_field_openai_does_not_define_is_a_bad_request(field: str) -> None:
+    with pytest.raises(BadRequest, match=field):
+        parse_chat_request(body(**{field: 1}))
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_only_one_choice_can_be_asked_for(n: int) -> None:
+    with pytest.raises(BadRequest, match=r"\$\.n"):
+        parse_chat_request(body(n=n))
+
+
+def test_unknown_role_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="role"):
+        parse_chat_request(body(messages=[{"role": "wizard", "content": "Hi"}]))
+
+
+def test_huge_max_tokens_is_a_bad_request() -> None:
+    parse_chat_request(body(max_tokens=MAX_TOKENS))
+    with pytest.raises(BadRequest, match="max_tokens"):
+        parse_chat_request(body(max_tokens=MAX_TOKENS + 1))
+
+
+def test_provenance_headers_name_what_is_known() -> None:
+    assert provenance_headers("job-7", None, None, None) == {"X-Infernet-Job": "job-7"}
+    assert provenance_headers("job-7", "ab" * 32, "sha256:x", "cpr_1") == {
+        "X-Infernet-Job": "job-7", "X-Infernet-Node": "ab" * 32,
+        "X-Infernet-Weights": "sha256:x", "X-Infernet-Receipt": "cpr_1"}
 
 
 def test_parse_defaults() -> None:
@@ -344,7 +380,7 @@ def test_completion_body_shape() -> None:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
                      "finish_reason": "length", "logprobs": None}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
-        "infernet": {"job_id": "job-7", "node_pubkey": "ab" * 32},
+        "infernet": PROVENANCE,
     }
 
 
@@ -356,7 +392,7 @@ def test_stream_chunk_shape() -> None:
         "model": "gemma3-270m",
         "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None,
                      "logprobs": None}],
-        "infernet": {"job_id": "job-7", "node_pubkey": "ab" * 32},
+        "infernet": PROVENANCE,
     }
     assert stream_chunk(META, {}, "stop")["choices"][0]["finish_reason"] == "stop"
 
@@ -369,7 +405,7 @@ def test_usage_chunk_shape() -> None:
         "model": "gemma3-270m",
         "choices": [],
         "usage": {"prompt_tokens": 8, "completion_tokens": 13, "total_tokens": 21},
-        "infernet": {"job_id": "job-7", "node_pubkey": "ab" * 32},
+        "infernet": PROVENANCE,
     }
 
 

@@ -12,7 +12,15 @@ import pytest
 import trio
 import trio.testing
 
-from coordinator.store import MIGRATIONS, AsyncStore, JobRecord, Store, TokenRecord, hash_token
+from coordinator.store import (
+    MIGRATIONS,
+    AsyncStore,
+    JobRecord,
+    PeerRecord,
+    Store,
+    TokenRecord,
+    hash_token,
+)
 
 
 @pytest.fixture
@@ -152,10 +160,11 @@ def test_only_the_token_hash_is_stored_after_close(db_path: Path) -> None:
 
 
 def test_create_job_is_pending(store: Store) -> None:
-    store.create_job("job-1", "tok_1", "gemma3-270m")
+    store.create_job("job-1", "tok_1", "gemma3-270m", created_at=1000.0)
     assert store.get_job("job-1") == JobRecord(
         id="job-1", token_id="tok_1", model="gemma3-270m", status="pending",
         node_pubkey=None, prompt_tokens=None, completion_tokens=None, error_code=None,
+        created_at=1000.0, updated_at=1000.0,
     )
 
 
@@ -167,10 +176,10 @@ def test_job_lifecycle_to_completed(store: Store, db_path: Path) -> None:
     assert (started.status, started.node_pubkey) == ("processing", "ab" * 32)
 
     store.finish_job("job-1", 12, 34)
-    assert store.get_job("job-1") == JobRecord(
-        id="job-1", token_id="tok_1", model="gemma3-270m", status="completed",
-        node_pubkey="ab" * 32, prompt_tokens=12, completion_tokens=34, error_code=None,
-    )
+    done = store.get_job("job-1")
+    assert done is not None
+    assert (done.status, done.node_pubkey, done.prompt_tokens, done.completion_tokens,
+            done.error_code) == ("completed", "ab" * 32, 12, 34, None)
     [(created, updated)] = query(db_path, "SELECT created_at, updated_at FROM jobs")
     assert isinstance(created, float)
     assert isinstance(updated, float)
@@ -283,3 +292,139 @@ async def test_async_store_many_concurrent_calls(store: Store) -> None:
             nursery.start_soon(astore.call, store.create_job, f"job-{i}", "tok_1", "m")
     jobs = [await astore.call(store.get_job, f"job-{i}") for i in range(25)]
     assert all(j is not None and j.status == "pending" for j in jobs)
+
+
+# --- schema version 2: results, limits, peers -------------------------------------------------
+
+
+def test_a_version_1_database_is_migrated_in_place(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path, isolation_level=None)
+    old.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_version VALUES (1)")
+    old.executescript(MIGRATIONS[0])
+    old.execute("INSERT INTO jobs (id, token_id, model, status, created_at, updated_at)"
+                " VALUES ('job-old', 'tok_1', 'm', 'completed', 1.0, 2.0)")
+    old.close()
+
+    store = Store(db_path)
+    try:
+        job = store.get_job("job-old")
+        assert job is not None
+        assert (job.status, job.source, job.attempts, job.result_text) == (
+            "completed", "openai", 0, None)
+    finally:
+        store.close()
+    assert query(db_path, "SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+
+
+def test_token_limits(store: Store) -> None:
+    token, record = store.create_token("limited", rpm=5, rph=50)
+    assert (record.rpm, record.rph) == (5, 50)
+    assert store.check_token(token) == record
+    assert store.set_token_limits(record.id, rpm=None, rph=7) is True
+    checked = store.check_token(token)
+    assert checked is not None and (checked.rpm, checked.rph) == (None, 7)
+    assert store.set_token_limits("tok_missing", rpm=1, rph=1) is False
+    store.revoke_token(record.id)
+    assert [(r.id, revoked) for r, revoked in store.list_tokens()] == [(record.id, True)]
+
+
+def test_a_completed_job_keeps_its_result_and_forgets_its_request(store: Store) -> None:
+    store.create_job("job-1", "tok_1", "m", source="jobs", request='{"r": 1}', deadline=99.0)
+    store.start_job("job-1", "ab" * 32, weights_hash="sha256:w")
+    store.finish_job("job-1", 3, 4, text="Paris.", finish_reason="stop", ttft_ms=12.5,
+                     latency_ms=40.0, tokens_per_s=50.0)
+    job = store.get_job("job-1")
+    assert job is not None
+    assert (job.result_text, job.finish_reason, job.ttft_ms, job.latency_ms, job.tokens_per_s,
+            job.weights_hash, job.request, job.source, job.deadline) == (
+        "Paris.", "stop", 12.5, 40.0, 50.0, "sha256:w", None, "jobs", 99.0)
+    assert job.completed_at is not None and job.started_at is not None
+
+
+def test_requeue_counts_attempts_and_clears_the_node(store: Store) -> None:
+    store.create_job("job-1", "tok_1", "m")
+    store.start_job("job-1", "ab" * 32)
+    store.requeue_job("job-1")
+    job = store.get_job("job-1")
+    assert job is not None
+    assert (job.status, job.node_pubkey, job.attempts) == ("pending", None, 1)
+    assert [j.id for j in store.unfinished_jobs()] == ["job-1"]
+    store.fail_job("job-1", "timeout", "slow", latency_ms=1.0)
+    assert store.unfinished_jobs() == []
+
+
+def test_list_jobs_filters_and_orders(store: Store) -> None:
+    for i, status in enumerate(["completed", "failed", "completed"]):
+        store.create_job(f"job-{i}", "tok_1", "m", created_at=100.0 + i)
+        if status == "completed":
+            store.finish_job(f"job-{i}", 1, 1)
+        else:
+            store.fail_job(f"job-{i}", "timeout", "slow")
+    store.create_job("job-other", "tok_2", "m", created_at=500.0)
+    assert [j.id for j in store.list_jobs("tok_1")] == ["job-2", "job-1", "job-0"]
+    assert [j.id for j in store.list_jobs("tok_1", limit=1)] == ["job-2"]
+    assert [j.id for j in store.list_jobs("tok_1", status="failed")] == ["job-1"]
+    assert [j.id for j in store.list_jobs("tok_1", since=101.0)] == ["job-2", "job-1"]
+    assert store.job_times_since(101.0) == [("tok_1", 101.0), ("tok_1", 102.0),
+                                            ("tok_2", 500.0)]
+
+
+def test_peers_keep_their_latest_announcement(store: Store) -> None:
+    store.save_peer(PeerRecord("ab" * 32, "16Uiu2HA1", '{"id": 1}', 10.0))
+    store.save_peer(PeerRecord("cd" * 32, "16Uiu2HA2", '{"id": 2}', 20.0))
+    store.save_peer(PeerRecord("ab" * 32, "16Uiu2HA3", '{"id": 3}', 30.0))
+    assert store.get_peer("ab" * 32) == PeerRecord("ab" * 32, "16Uiu2HA3", '{"id": 3}', 30.0)
+    assert [p.pubkey for p in store.load_peers()] == ["ab" * 32, "cd" * 32]
+    assert store.get_peer("ef" * 32) is None
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+async def test_writes_are_batched_into_few_commits_and_applied_in_order(store: Store) -> None:
+    astore = AsyncStore(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(astore.serve)
+        pending = [astore.write_nowait(store.create_job, f"job-{i}", "tok_1", "m")
+                   for i in range(100)]
+        astore.write_nowait(store.fail_job, "job-7", "timeout", "slow")
+        for item in pending:
+            await item.wait()
+        await astore.write(store.finish_job, "job-8", 1, 2)
+        stats = astore.statistics()
+        nursery.cancel_scope.cancel()
+    assert stats.writes == 102 and stats.batches < 10
+    job7, job8 = store.get_job("job-7"), store.get_job("job-8")
+    assert job7 is not None and job7.status == "failed"
+    assert job8 is not None and job8.status == "completed"
+
+
+async def test_a_failing_write_fails_alone(store: Store) -> None:
+    astore = AsyncStore(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(astore.serve)
+        await astore.write(store.create_job, "job-1", "tok_1", "m")
+        dup = astore.write_nowait(store.create_job, "job-1", "tok_1", "m")
+        fine = astore.write_nowait(store.create_job, "job-2", "tok_1", "m")
+        with pytest.raises(sqlite3.IntegrityError):
+            await dup.wait()
+        await fine.wait()
+        nursery.cancel_scope.cancel()
+    assert store.get_job("job-2") is not None
+
+
+async def test_queued_writes_are_committed_on_shutdown(store: Store) -> None:
+    astore = AsyncStore(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(astore.serve)
+        for i in range(5):
+            astore.write_nowait(store.create_job, f"job-{i}", "tok_1", "m")
+        nursery.cancel_scope.cancel()  # before the writer ran
+    assert [store.get_job(f"job-{i}") is not None for i in range(5)] == [True] * 5
+
+
+def test_write_nowait_needs_a_writer(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        AsyncStore(store).write_nowait(store.create_job, "job-1", "tok_1", "m")

@@ -1,0 +1,116 @@
+"""What every HTTP route shares: the coordinator's state, errors, auth and rate limiting.
+
+Owns: `CoordinatorState` (what routes work with), `ApiError` (raised in a route to answer
+with an error body in the shape of the route's API: OpenAI's nested object under ``/v1``,
+the flat ``{"error", "error_message"}`` under ``/api/v1``), `authenticate` and
+`count_request`, which leave the token's ``X-RateLimit-*`` values on the request context
+for `coordinator.app` to add to the response, whatever its status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from quart import Response, g, request
+
+from coordinator import job_api, openai_api
+from coordinator.auth import TokenCache, limits_for
+from coordinator.jobs import JobManager
+from coordinator.metrics import Metrics
+from coordinator.ratelimit import Decision, Limits, RateLimiter
+from coordinator.router import Router
+from coordinator.store import TokenRecord
+from coordinator.store_writer import AsyncStore
+from infernet.mesh.peer_table import PeerTable
+from infernet.protocol.errors import ErrorCode, info
+
+__all__ = ["ApiError", "CoordinatorState", "authenticate", "count_request", "error_response",
+           "json_response", "read_body"]
+
+
+@dataclass(slots=True)
+class CoordinatorState:
+    """What the routes work with."""
+
+    table: PeerTable
+    store: AsyncStore
+    router: Router
+    jobs: JobManager
+    tokens: TokenCache
+    limiter: RateLimiter
+    metrics: Metrics
+    peer_id: str
+    bootstrap_addrs: Callable[[], Sequence[str]]
+    default_limits: Limits = field(default_factory=Limits)
+    max_body: int = 4 << 20
+
+
+class ApiError(Exception):
+    """Raised inside a route to answer with an error body (and optional headers)."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or info(code).message)
+        self.code = code
+        self.status = status or info(code).status
+        self.headers = headers or {}
+
+
+def json_response(body: dict[str, Any], status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded by msgspec."""
+    return Response(msgspec.json.encode(body), status=status, content_type="application/json",
+                    headers=headers)
+
+
+def error_response(code: ErrorCode, message: str, status: int,
+                   headers: dict[str, str] | None = None) -> Response:
+    """The error body of the API the current request belongs to."""
+    if request.path.startswith("/api/"):
+        body = job_api.error_body(code, message)
+    else:
+        body = openai_api.error_body(code, message)
+    return json_response(body, status, headers)
+
+
+async def authenticate(state: CoordinatorState) -> TokenRecord:
+    """The caller's token; its rate-limit state goes on the response.
+
+    Raises:
+        ApiError: ``unauthorized`` for a missing, unknown or revoked token.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'")
+    record = await state.tokens.check(token.strip())
+    if record is None:
+        raise ApiError("unauthorized", "invalid or revoked API token")
+    g.rate = state.limiter.peek(record.id, limits_for(record, state.default_limits), time.time())
+    return record
+
+
+def count_request(state: CoordinatorState, token: TokenRecord) -> Decision:
+    """Count a job submission against the token's limits.
+
+    Raises:
+        ApiError: ``rate_limited`` (429, with ``Retry-After``) when a window is full.
+    """
+    decision = state.limiter.hit(token.id, limits_for(token, state.default_limits), time.time())
+    g.rate = decision
+    if not decision.allowed:
+        state.metrics.rate_limited.inc()
+        raise ApiError("rate_limited",
+                       f"rate limit of {decision.limit} requests reached for this token; "
+                       f"retry in {decision.retry_after} s")
+    return decision
+
+
+async def read_body(state: CoordinatorState) -> bytes:
+    """The request body, at most ``state.max_body`` bytes (Quart answers 413 past it)."""
+    data = await request.get_data(as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
