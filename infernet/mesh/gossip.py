@@ -22,7 +22,7 @@ from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
 from infernet.mesh.host import MeshHost
-from infernet.protocol.announce import Announcement, parse_announcement
+from infernet.protocol.announce import Announcement, AnnouncementVerifier
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import peer_id_to_base58, public_key_from_peer_id_bytes
 
@@ -39,6 +39,10 @@ _SEEN_MAX: Final = 4096
 AnnouncementHandler = Callable[[Announcement, str], Awaitable[None]]
 
 
+def _msg_key(msg: Any) -> tuple[bytes, bytes]:
+    return bytes(msg.from_id), bytes(msg.seqno)
+
+
 class AnnouncementGossip:
     """Receives verified announcements and publishes ours."""
 
@@ -46,20 +50,21 @@ class AnnouncementGossip:
         self._mesh = mesh
         self._handler = handler
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # Caches parsed node keys: verification then costs little more than the signature.
+        self._verifier = AnnouncementVerifier(max_size=MAX_ANNOUNCEMENT)
+        self._validated: OrderedDict[tuple[bytes, bytes], tuple[Announcement, str]] = OrderedDict()
         self._invalid: dict[str, deque[float]] = {}
         self._offenders_tx, self._offenders_rx = trio.open_memory_channel[str](64)
         self.dropped_peers = 0
 
     def _parse(self, msg: Any) -> tuple[Announcement, str]:
         sender = public_key_from_peer_id_bytes(bytes(msg.from_id))
-        ann = parse_announcement(
-            bytes(msg.data), now=int(time.time()), sender_pubkey=sender, max_size=MAX_ANNOUNCEMENT
-        )
+        ann = self._verifier.parse(bytes(msg.data), now=int(time.time()), sender_pubkey=sender)
         return ann, peer_id_to_base58(bytes(msg.from_id))
 
     def _validate(self, forwarder: Any, msg: Any) -> bool:
         try:
-            self._parse(msg)
+            parsed = self._parse(msg)
         except InfernetError as exc:
             peer = str(forwarder.to_base58())
             count = self._count_invalid(peer)
@@ -67,6 +72,10 @@ class AnnouncementGossip:
             log.log(logging.WARNING if count <= 3 else logging.DEBUG,
                     "dropped announcement from %s: %s", peer, exc)
             return False
+        # Hand the parsed result to the receive loop instead of verifying twice.
+        self._validated[_msg_key(msg)] = parsed
+        while len(self._validated) > _SEEN_MAX:
+            self._validated.popitem(last=False)
         return True
 
     def _count_invalid(self, peer: str) -> int:
@@ -114,7 +123,8 @@ class AnnouncementGossip:
         while True:
             msg = await sub.get()
             try:
-                ann, peer_id = self._parse(msg)
+                validated = self._validated.pop(_msg_key(msg), None)
+                ann, peer_id = validated if validated is not None else self._parse(msg)
             except InfernetError as exc:  # expired between validation and now
                 log.debug("announcement went stale: %s", exc)
                 continue
