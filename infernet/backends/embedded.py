@@ -24,6 +24,9 @@ Invariants:
   block stops the supervisor first, then the child.
 - The engine serves one built-in model: it cannot pull or remove others (``bad_request``
   with a pointer to Ollama/vLLM), and a request for another model is ``model_not_found``.
+
+Size: past 500 lines because the model file, the child process and the `Backend` over it
+change together (a new engine flag touches all three); the supervisor loop lives apart.
 """
 
 from __future__ import annotations
