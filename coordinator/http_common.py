@@ -47,6 +47,7 @@ class CoordinatorState:
     bootstrap_addrs: Callable[[], Sequence[str]]
     default_limits: Limits = field(default_factory=Limits)
     max_body: int = 4 << 20
+    coordinator_pubkey: str = ""  # x-only hex key that countersigns receipts
 
 
 class ApiError(Exception):

@@ -1,4 +1,4 @@
-"""The job API routes (``/api/v1``): submit, poll, stream, list, models, nodes, bootstrap.
+"""The job API routes (``/api/v1``): jobs, models, nodes, receipts (CPRs), bootstrap.
 
 Owns: the HTTP side of the job lifecycle in ``specs/http-api.md`` §"Job API" (the book,
 chapter 4): ``stream: false`` answers ``202 {id, status: pending}`` at once and the job runs
@@ -43,6 +43,7 @@ from coordinator.job_api import (
 )
 from coordinator.jobs import JobView, LiveJob, new_job_id
 from coordinator.openai_api import provenance_headers
+from coordinator.receipts import receipt_body
 from infernet.protocol.errors import InfernetError
 
 __all__ = ["register"]
@@ -126,6 +127,16 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             raise ApiError("bad_request", "node id must be a node public key (hex or npub)")
         return json_response(await _node_status(state, pubkey))
 
+    @app.get("/api/v1/cprs/<receipt_id>")
+    async def get_receipt(receipt_id: str) -> Response:
+        token = await authenticate(state)
+        record = await state.store.call(state.store.sync.get_receipt, receipt_id)
+        if record is not None:
+            owner = await state.jobs.view(record.job_id)
+            if owner is not None and owner[0] == token.id:
+                return json_response(receipt_body(record, state.coordinator_pubkey))
+        raise ApiError("bad_request", f"no receipt {receipt_id!r} for this token", status=404)
+
     @app.get("/api/v1/bootstrap")
     async def bootstrap() -> Response:
         now = trio.current_time()
@@ -133,7 +144,8 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
                   "addrs": list(e.announcement.caps.listen_addrs)}
                  for e in state.table.online(now) if e.announcement.caps.listen_addrs]
         return json_response({
-            "coordinator": {"peer_id": state.peer_id, "addrs": list(state.bootstrap_addrs())},
+            "coordinator": {"peer_id": state.peer_id, "pubkey": state.coordinator_pubkey,
+                            "addrs": list(state.bootstrap_addrs())},
             "peers": peers})
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
 import trio
 from quart import Response
@@ -116,6 +117,7 @@ async def _collect(job: LiveJob, meta: ResponseMeta) -> Response:
     final = job.final
     if final is None:
         raise ApiError("internal_error", "the job ended without a result")
+    meta = replace(meta, receipt_id=job.receipt_id)
     body = completion_body(meta, "".join(job.parts), final.finish_reason, final.prompt_tokens,
                            final.completion_tokens)
     return json_response(body, headers=meta.headers())
@@ -134,6 +136,7 @@ async def _sse_body(state: CoordinatorState, chat: ChatCompletionRequest, job: L
             return
         final = job.final
         if final is not None:
+            meta = replace(meta, receipt_id=job.receipt_id)  # known only now
             yield sse(stream_chunk(meta, {}, final.finish_reason))
             if include_usage:
                 yield sse(usage_chunk(meta, final.prompt_tokens, final.completion_tokens))

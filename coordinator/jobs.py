@@ -35,12 +35,14 @@ import trio
 from trio_typing import TaskStatus
 
 from coordinator.metrics import Metrics
+from coordinator.receipts import ReceiptRejected, check_and_countersign, rejected_record
 from coordinator.router import ACCEPT_TIMEOUT, Router
 from coordinator.store import JobRecord, Store
 from coordinator.store_writer import AsyncStore, PendingWrite
 from infernet.mesh.peer_table import PeerEntry
 from infernet.protocol.errors import ErrorCode, InfernetError, JobFailed
 from infernet.protocol.frames import Accepted, FinalFrame, JobRequest
+from infernet.protocol.keys import SecretKey
 
 __all__ = ["JobCallLike", "JobManager", "JobOpener", "JobSettings", "JobSource", "JobView",
            "LiveJob", "new_job_id"]
@@ -155,6 +157,7 @@ class LiveJob:
     latency_ms: float | None = None
     completed_at: float | None = None
     attempts: int = 0
+    receipt_id: str | None = None
     readers: int = 0
     created: PendingWrite | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -222,7 +225,8 @@ class LiveJob:
             error_code=self.error_code, error_message=self.error_message,
             completed_at=self.completed_at, latency_ms=self.latency_ms, ttft_ms=self.ttft_ms,
             tokens_per_s=final.tokens_per_s if final else None,
-            weights_hash=self.served_weights, attempts=self.attempts)
+            weights_hash=self.served_weights, receipt_id=self.receipt_id,
+            attempts=self.attempts)
 
 
 class _Retry(Exception):
@@ -238,7 +242,9 @@ class JobManager:
     """Runs every job of this coordinator in its own nursery."""
 
     def __init__(self, store: AsyncStore, router: Router, opener: JobOpener,
-                 settings: JobSettings | None = None, metrics: Metrics | None = None) -> None:
+                 settings: JobSettings | None = None, metrics: Metrics | None = None,
+                 key: SecretKey | None = None) -> None:
+        self._key = key  # countersigns receipts; None: receipts are not handled
         self.store = store
         self.router = router
         self.settings = settings or JobSettings()
@@ -496,15 +502,35 @@ class JobManager:
         if job.ttft_ms is None:
             job.ttft_ms = latency
         text = "".join(job.parts)
+        job.receipt_id = self._countersign(job, entry, final, text)
         await self.store.write(
             self.db.finish_job, job.id, final.prompt_tokens, final.completion_tokens, text=text,
             finish_reason=final.finish_reason, ttft_ms=job.ttft_ms, latency_ms=latency,
-            tokens_per_s=final.tokens_per_s)
+            tokens_per_s=final.tokens_per_s, receipt_id=job.receipt_id)
         job.final, job.latency_ms, job.completed_at = final, latency, time.time()
         job.status = "completed"
         self.router.record(entry.pubkey, job.model, final.ttft_ms or job.ttft_ms,
                            final.tokens_per_s)
         self._ended(job, "completed", final.prompt_tokens, final.completion_tokens)
+
+    def _countersign(self, job: LiveJob, entry: PeerEntry, final: FinalFrame,
+                     text: str) -> str | None:
+        """Check and countersign the node's receipt; queue it for the store (in the same
+        commit as the job's completion). Returns the id of a countersigned receipt."""
+        signed = final.receipt
+        if signed is None or self._key is None:
+            return None
+        now = time.time()
+        try:
+            record = check_and_countersign(
+                signed, request=job.request, node_pubkey=entry.pubkey,
+                weights_hash=job.served_weights, final=final, text=text, key=self._key, now=now)
+        except ReceiptRejected as exc:
+            log.warning("job %s: receipt from node %s rejected: %s", job.id, entry.pubkey[:12],
+                        exc)
+            record = rejected_record(signed, str(exc), job.request, entry.pubkey, now)
+        self.store.write_nowait(self.db.save_receipt, record)
+        return record.id if record.status == "countersigned" else None
 
     async def _fail(self, job: LiveJob, code: ErrorCode, message: str) -> None:
         latency = (trio.current_time() - job.started) * 1000

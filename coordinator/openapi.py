@@ -127,9 +127,27 @@ def _schemas() -> dict[str, Any]:
             "node_id": {"type": "string"}, "status": {"enum": ["online", "offline"]},
             "last_seen": {"type": ["string", "null"], "format": "date-time"},
             "models": {"type": "array", "items": {"type": "string"}}}},
+        "Receipt": {"type": "object", "required": ["id", "job_id", "status", "receipt"],
+                    "properties": {
+                        "id": {"type": "string", "description": "hex SHA-256 of the body"},
+                        "object": {"const": "cpr"}, "job_id": {"type": "string"},
+                        "status": {"enum": ["countersigned", "rejected"]},
+                        "reason": {"type": "string"},
+                        "node_pubkey": {"type": "string"},
+                        "coordinator_pubkey": {"type": "string"},
+                        "model": {"type": "string"},
+                        "input_tokens": {"type": "integer"},
+                        "output_tokens": {"type": "integer"},
+                        "value": {"type": "string", "description": "decimal, USDC"},
+                        "platform_fee": {"type": "string"},
+                        "node_amount": {"type": "string"},
+                        "currency": {"type": "string"}, "chain": {"type": "string"},
+                        "completed_at": {"type": "integer"},
+                        "receipt": {"type": "string", "description":
+                                    "base64 of the canonical CBOR envelope (specs/receipts.md)"}}},
         "Bootstrap": {"type": "object", "properties": {
             "coordinator": {"type": "object", "properties": {
-                "peer_id": {"type": "string"},
+                "peer_id": {"type": "string"}, "pubkey": {"type": "string"},
                 "addrs": {"type": "array", "items": {"type": "string"}}}},
             "peers": {"type": "array", "items": {"type": "object"}}}},
     }
@@ -195,6 +213,12 @@ def _paths() -> dict[str, Any]:
             "parameters": [{"name": "node_id", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": _json(_ref("NodeStatus"), ok), **_errors(400)}}},
+        "/api/v1/cprs/{receipt_id}": {"get": {
+            "summary": "A job's Compute Payment Receipt, countersigned (the submitter's own)",
+            "security": _AUTH,
+            "parameters": [{"name": "receipt_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": _json(_ref("Receipt"), ok), **_errors(401, 404)}}},
         "/api/v1/bootstrap": {"get": {"summary": "Multiaddrs to join the mesh (no auth)",
                                       "responses": {"200": _json(_ref("Bootstrap"), ok)}}},
     }

@@ -116,12 +116,12 @@ async def run_coordinator(
     try:
         async with open_host(key.secret_bytes(), listen_host=config.p2p_host,
                              port=config.p2p_port) as mesh:
-            await _serve(config, store, mesh, task_status)
+            await _serve(config, key, store, mesh, task_status)
     finally:
         store.close()
 
 
-async def _serve(config: CoordinatorConfig, store: Store, mesh: MeshHost,
+async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: MeshHost,
                  task_status: TaskStatus[CoordinatorInfo]) -> None:
     astore = AsyncStore(store)
     table = PeerTable()
@@ -131,7 +131,7 @@ async def _serve(config: CoordinatorConfig, store: Store, mesh: MeshHost,
     limiter.seed(store.job_times_since(time.time() - HOUR))
     jobs = JobManager(astore, router, partial(open_job, mesh),
                       JobSettings(timeout=config.job_timeout,
-                                  capacity_wait=config.capacity_wait), metrics)
+                                  capacity_wait=config.capacity_wait), metrics, key=key)
     metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
                   router.inflight)
 
@@ -153,7 +153,8 @@ async def _serve(config: CoordinatorConfig, store: Store, mesh: MeshHost,
         table=table, store=astore, router=router, jobs=jobs, tokens=TokenCache(astore),
         limiter=limiter, metrics=metrics, peer_id=mesh.peer_id,
         bootstrap_addrs=lambda: _loopback_first(mesh.listen_addrs(), config.p2p_host),
-        default_limits=Limits(per_minute=config.rpm, per_hour=config.rph))
+        default_limits=Limits(per_minute=config.rpm, per_hour=config.rph),
+        coordinator_pubkey=key.public_key.hex())
     hconfig = HypercornConfig()
     hconfig.bind = [f"{config.http_host}:{config.http_port}"]
     hconfig.accesslog = None

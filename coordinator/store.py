@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from coordinator.receipts import ReceiptRecord
 from coordinator.store_writer import AsyncStore
 
 __all__ = ["MIGRATIONS", "AsyncStore", "JobRecord", "PeerRecord", "Store", "TokenRecord",
@@ -86,6 +87,29 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         event TEXT NOT NULL,
         last_seen REAL NOT NULL
     );
+    """,
+    # 3: Compute Payment Receipts, countersigned or rejected (amounts as decimal text).
+    """
+    CREATE TABLE receipts (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        node_pubkey TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        platform_fee TEXT NOT NULL,
+        node_amount TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        completed_at INTEGER NOT NULL,
+        envelope TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX receipts_job ON receipts (job_id);
+    CREATE INDEX receipts_node_status ON receipts (node_pubkey, status);
     """,
 )
 
@@ -346,6 +370,30 @@ class Store:
             "SELECT token_id, created_at FROM jobs WHERE created_at >= ? ORDER BY created_at",
             (since,),
         ).fetchall()
+
+    # --- receipts ---------------------------------------------------------------------------
+
+    def save_receipt(self, record: ReceiptRecord) -> None:
+        """Keep a receipt (a node re-sending the same receipt changes nothing)."""
+        self._db.execute(
+            "INSERT INTO receipts (id, job_id, node_pubkey, status, reason, model, input_tokens,"
+            " output_tokens, value, platform_fee, node_amount, currency, chain, completed_at,"
+            " envelope, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (record.id, record.job_id, record.node_pubkey, record.status, record.reason,
+             record.model, record.input_tokens, record.output_tokens, record.value,
+             record.platform_fee, record.node_amount, record.currency, record.chain,
+             record.completed_at, record.envelope, record.created_at),
+        )
+
+    def get_receipt(self, rid: str) -> ReceiptRecord | None:
+        """One receipt by id."""
+        row = self._db.execute(
+            "SELECT id, job_id, node_pubkey, status, reason, model, input_tokens, output_tokens,"
+            " value, platform_fee, node_amount, currency, chain, completed_at, envelope,"
+            " created_at FROM receipts WHERE id = ?", (rid,)
+        ).fetchone()
+        return ReceiptRecord(*row) if row else None
 
     # --- peers --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import trio
 
@@ -26,6 +27,14 @@ from infernet.protocol.errors import ErrorCode, JobFailed, TransportError
 from infernet.protocol.event import encode_event
 from infernet.protocol.frames import Accepted, FinalFrame, JobRequest
 from infernet.protocol.keys import SecretKey
+from infernet.protocol.pricing import job_value, rates_for_model
+from infernet.protocol.receipt import (
+    Receipt,
+    SignedReceipt,
+    output_hash,
+    prompt_hash,
+    sign_receipt,
+)
 
 MODEL = "gemma3-270m"
 
@@ -40,6 +49,8 @@ class Script:
     lose_after_texts: int | None = None
     gate: trio.Event | None = None  # waited for before the first text
     stall_after: int | None = None  # after this many texts, never send another
+    receipt: bool = True  # sign a receipt in the final frame
+    receipt_extra_tokens: int = 0  # overstate output tokens in it (a cheating node)
     finish_reason: str = "stop"
 
 
@@ -52,6 +63,7 @@ class FakeNode:
     open_now: int = 0
     cancelled: int = 0
     opened: trio.Event = field(default_factory=trio.Event)  # set at the first job
+    weights_hash: str = ""
 
     @property
     def pubkey(self) -> str:
@@ -90,7 +102,20 @@ class FakeCall:
         self.final = FinalFrame(job_id=self.request.job_id, prompt_tokens=7,
                                 completion_tokens=len(script.texts),
                                 finish_reason=script.finish_reason, ttft_ms=1.0,
-                                tokens_per_s=42.0)
+                                tokens_per_s=42.0, receipt=self._receipt())
+
+    def _receipt(self) -> SignedReceipt | None:
+        script, req = self.node.script, self.request
+        if not script.receipt:
+            return None
+        output = len(script.texts) + script.receipt_extra_tokens
+        receipt = Receipt(
+            job_id=req.job_id, node_pubkey=self.node.pubkey, model=req.model,
+            weights_hash=self.node.weights_hash, input_tokens=7, output_tokens=output,
+            completed_at=int(time.time()), ttft_ms=1, tokens_per_s=Decimal("42"),
+            value=job_value(7, output, rates_for_model(req.model)), chain="base",
+            prompt_hash=prompt_hash(req.messages), output_hash=output_hash("".join(script.texts)))
+        return sign_receipt(receipt, self.node.key)
 
 
 class FakeNodes:
@@ -104,6 +129,7 @@ class FakeNodes:
             MODEL,), weights_hash: str = "", price: float = 0.0) -> FakeNode:
         key = SecretKey.generate().even_y()
         node = FakeNode(key, f"peer-{key.public_key.hex()[:12]}", script or Script())
+        node.weights_hash = weights_hash
         self.by_peer[node.peer_id] = node
         self.announce(node, slots=slots, models=models, weights_hash=weights_hash, price=price)
         return node

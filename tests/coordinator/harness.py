@@ -25,9 +25,11 @@ from coordinator.ratelimit import HOUR, Limits, RateLimiter
 from coordinator.router import Router
 from coordinator.store import AsyncStore, Store
 from infernet.mesh.peer_table import PeerTable
+from infernet.protocol.keys import SecretKey
 from tests.coordinator.fakes import FakeNodes
 
 FAST = JobSettings(timeout=30.0, capacity_wait=0.3)
+COORDINATOR_KEY = SecretKey.generate().even_y()
 
 
 @dataclass
@@ -77,13 +79,14 @@ async def open_harness(
         limiter = RateLimiter()
         limiter.seed(store.job_times_since(time.time() - HOUR))
         nodes = FakeNodes(table)
-        jobs = JobManager(astore, router, nodes.open, settings, metrics)
+        jobs = JobManager(astore, router, nodes.open, settings, metrics, key=COORDINATOR_KEY)
         token, record = store.create_token("tests")
         state = CoordinatorState(
             table=table, store=astore, router=router, jobs=jobs, tokens=TokenCache(astore),
             limiter=limiter, metrics=metrics, peer_id="16Uiu2HAmCoordinator",
             bootstrap_addrs=lambda: ["/ip4/127.0.0.1/tcp/46338/p2p/16Uiu2HAmCoordinator"],
-            default_limits=limits or Limits(per_minute=10_000, per_hour=100_000))
+            default_limits=limits or Limits(per_minute=10_000, per_hour=100_000),
+            coordinator_pubkey=COORDINATOR_KEY.public_key.hex())
         metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
                       router.inflight)
         app = create_app(state)
