@@ -220,7 +220,9 @@ def _result(
 
 def _transport_detail(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ConnectError):
-        return "connection refused"
+        text = str(exc).lower()
+        refused = "refused" in text or "attempts to connect" in text  # anyio's wording
+        return "connection refused" if refused else f"not reachable: {exc}"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
@@ -254,7 +256,11 @@ async def select_backend(
 ) -> Selection:
     """Decide which engine to use; probes only when ``settings.backend`` is ``"auto"``.
 
-    Never raises: an explicit engine is checked when it is opened.
+    An engine that is not answering is not an error here: an explicit one is checked when
+    it is opened, and "auto" falls back to the embedded engine.
+
+    Raises:
+        BackendError: a ``vllm_instances`` entry is empty (``bad_request``).
     """
     env = dict(os.environ) if env is None else env
     choice = settings.backend
