@@ -127,8 +127,10 @@ async def install_model(
 
     config = load_config(home, _env(env))
     hardware = await trio.to_thread.run_sync(detect_hardware, home)
+    opened = False
     try:
         async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+            opened = True
             naming = backend.capabilities.model_naming
             verdict = check_fit(ModelInfo(name=name), hardware.memory_budget_bytes, naming)
             if not verdict.fits and not force:
@@ -137,15 +139,15 @@ async def install_model(
                 )
             before = [m.name for m in await backend.list_models()]
             await _pull(backend, name, before, verbose=verbose, console=console)
-            after = {m.name: m for m in await backend.list_models()}
+            after = {canonical_name(m.name, naming): m for m in await backend.list_models()}
+            installed = after.get(canonical_name(name, naming))
             engine = backend.name
     except BackendError as exc:
-        if name != EMBEDDED_MODEL or config.backend not in ("auto", "embedded"):
+        if opened or name != EMBEDDED_MODEL or config.backend not in ("auto", "embedded"):
             raise
         console.print(f"[dim]{exc}[/dim]", highlight=False)
-        before, after, engine = [], {}, EMBEDDED_BACKEND  # built in: nothing to download
+        before, installed, engine = [], None, EMBEDDED_BACKEND  # built in: no download
     served = _update_served(home, add=name, engine_models=before)
-    installed = after.get(name)
     size = installed.size_bytes if installed is not None else None
     console.print(
         f"Installed {name} on {engine}" + (f" ({_size(size)})" if size else "") + ".",
@@ -209,8 +211,10 @@ async def remove_model(
 
     config = load_config(home, _env(env))
     engine_models: list[str] = []
+    opened = False
     try:
         async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+            opened = True
             engine_models = [m.name for m in await backend.list_models()]
             if not keep_weights and backend.capabilities.remove:
                 try:
@@ -220,8 +224,8 @@ async def remove_model(
                     if exc.code != "model_not_found":
                         raise
                     console.print(f"{backend.name} did not have {name}.", highlight=False)
-    except BackendError as exc:
-        if config.backend not in ("auto", "embedded") or exc.code != "backend_unavailable":
+    except BackendError:
+        if opened or config.backend not in ("auto", "embedded"):
             raise
         engine_models = [EMBEDDED_MODEL]
     served = _update_served(home, remove=name, engine_models=engine_models)
@@ -249,17 +253,19 @@ async def list_models(
     from infernet.node.config import load_config
 
     config = load_config(home, _env(env))
+    opened = False
     try:
         async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+            opened = True
             rows = _rows(
                 await backend.list_models(),
                 backend.name,
                 config.served_models,
                 backend.capabilities.model_naming,
             )
-    except BackendError as exc:
-        if config.backend not in ("auto", "embedded") or exc.code != "backend_unavailable":
-            raise
+    except BackendError:
+        if opened or config.backend not in ("auto", "embedded"):
+            raise  # only "no engine running" means: describe the built-in model instead
         rows = [_builtin_row(home, config.model_cache)]
     if as_json:
         console.print(json.dumps(rows, indent=2), markup=False, highlight=False, soft_wrap=True)

@@ -165,3 +165,11 @@ async def test_an_engine_that_cannot_pull_accepts_what_it_serves(tmp_path: Path,
     with pytest.raises(BackendError) as info:
         await install_model(tmp_path, "Qwen/Qwen2.5-1.5B-Instruct", console=console(), env={})
     assert info.value.code == "bad_request" and "vllm serve" in info.value.message
+
+
+async def test_an_engine_error_is_never_mistaken_for_no_engine(home: Path) -> None:
+    # Ollama runs but has no such model: the embedded fallback must not hide that
+    with pytest.raises(BackendError) as info:
+        await install_model(home, "gemma3-270m", console=console(), env={})
+    assert info.value.code == "model_not_found"
+    assert load_config(home, {}).served_models == ()
