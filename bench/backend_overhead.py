@@ -190,7 +190,7 @@ async def record_stream(client: httpx.AsyncClient, base_url: str, max_tokens: in
 
 
 async def bench(args: argparse.Namespace) -> int:
-    rounds, samples, max_tokens = (3, 15, 48) if args.quick else (7, 41, 96)
+    rounds, samples, max_tokens = (5, 15, 32) if args.quick else (9, 41, 96)
     timeout = httpx.Timeout(120, connect=5)
     with tempfile.TemporaryDirectory(prefix="infernet-bench-") as tmp:
         async with open_embedded_engine(
@@ -202,9 +202,10 @@ async def bench(args: argparse.Namespace) -> int:
             await backend.list_models()  # as the node does at start (fills the model check)
             plain = plain_client(client, adapter_http.base_url)
             adapter = through_adapter(backend)
-            for side in (plain, adapter):  # warm the prompt cache and the code paths
-                await side(ChatRequest(model=EMBEDDED_MODEL, max_tokens=4, messages=(
-                    ChatMessage(role="user", content=THROUGHPUT_PROMPT),)))  # fmt: skip
+            warm = ChatRequest(model=EMBEDDED_MODEL, max_tokens=8, seed=1, messages=(
+                ChatMessage(role="user", content=THROUGHPUT_PROMPT),))  # fmt: skip
+            for side in (plain, adapter):  # warm the prompt cache, all slots and the code
+                await throughput(side, warm, 4)
             print(f"backend_overhead: embedded engine, 4 slots, {args.threads} threads; "
                   f"{rounds} alternating rounds of {max_tokens} tokens", flush=True)  # fmt: skip
             ok = True
