@@ -39,6 +39,7 @@ from infernet.cli.doctor import add_doctor_command
 from infernet.cli.keys import add_keys_commands
 from infernet.cli.logs import setup_logging
 from infernet.cli.logview import add_logs_command
+from infernet.cli.model import add_model_commands, run_model_command
 from infernet.cli.remove import add_remove_command
 from infernet.cli.service import add_service_commands
 from infernet.cli.signals import run_until_signal
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--no-mdns", action="store_true", help="no LAN discovery (mDNS)")
 
     add_chat_command(sub)
+    add_model_commands(sub)
     add_daemon_commands(sub)
     add_logs_command(sub)
     add_doctor_command(sub)
@@ -95,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_REPORTING = frozenset({"status", "stop", "logs", "doctor", "config", "keys", "service",
-                        "remove"})
+_REPORTING = frozenset({"model", "status", "stop", "logs", "doctor", "config", "keys",
+                        "service", "remove"})
 
 
 def _home() -> Path:
@@ -180,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(terminal_level=logging.ERROR)
     else:
         setup_logging(verbose=args.verbose)
-    commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up, "chat": _cmd_chat}
+    commands = {"init": _cmd_init, "start": _cmd_start, "up": _cmd_up, "chat": _cmd_chat,
+                "model": run_model_command}
     try:
         func = getattr(args, "func", None)
         if func is not None:
