@@ -19,6 +19,8 @@ from typing import Any, Final
 import trio
 from trio_typing import TaskStatus
 
+from infernet.backends.base import Backend
+from infernet.backends.inventory import watch_served_models
 from infernet.backends.select import open_backend
 from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
@@ -26,11 +28,12 @@ from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
-from infernet.node.config import NodeConfig
+from infernet.node.config import NodeConfig, config_path
 from infernet.node.control import NodeControl, NodeParts
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
+from infernet.protocol.errors import BackendError
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
 
@@ -101,6 +104,26 @@ class _Announcer:
             await trio.sleep(MESH_CHECK_EVERY)  # periodic check of mesh and load
 
 
+async def _follow_served_models(home: Path, backend: Backend, executor: JobExecutor) -> None:
+    """Serve what ``served_models`` says as the operator edits it (``infernet model ...``);
+    the announcer sees the new set and re-announces at once."""
+    first = True
+    async for served in watch_served_models(config_path(home)):
+        if first:  # the start-up list was already applied from the same file
+            first = False
+            continue
+        try:
+            listed = await backend.list_models()
+        except BackendError as exc:
+            log.warning("served_models changed but the engine did not answer: %s", exc)
+            continue
+        models = {m.name for m in listed if not served or m.name in served}
+        executor.weights = {m.name: m.digest for m in listed if m.digest}
+        if models != executor.models:
+            log.info("now serving: %s", ", ".join(sorted(models)) or "nothing")
+            executor.models = models
+
+
 async def run_node(
     home: Path,
     config: NodeConfig,
@@ -151,6 +174,7 @@ async def run_node(
             async with trio.open_nursery() as nursery:
                 await nursery.start(peers.serve)
                 nursery.start_soon(announcer.run, peers.gossip)
+                nursery.start_soon(_follow_served_models, home, backend, executor)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
                 if config.mdns:
