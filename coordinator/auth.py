@@ -20,7 +20,7 @@ from typing import Final
 import trio
 
 from coordinator.ratelimit import Limits
-from coordinator.store import TokenRecord, hash_token
+from coordinator.store import Store, TokenRecord, hash_token
 from coordinator.store_writer import AsyncStore
 
 __all__ = ["MAX_CACHED", "TOKEN_TTL", "TokenCache", "limits_for"]
@@ -54,7 +54,7 @@ class TokenCache:
         hit = self._live.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        record = await self._store.call(self._store.sync.check_token, token)
+        record = await self._store.read(Store.check_token, token)
         if record is None:
             self._live.pop(key, None)
             return None

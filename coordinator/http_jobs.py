@@ -44,6 +44,7 @@ from coordinator.job_api import (
 from coordinator.jobs import JobView, LiveJob, new_job_id
 from coordinator.openai_api import provenance_headers
 from coordinator.receipts import receipt_body
+from coordinator.store import Store
 from infernet.protocol.errors import InfernetError
 
 __all__ = ["register"]
@@ -64,13 +65,13 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             req = parse_job_create(await read_body(state))
         except BadJobRequest as exc:
             raise ApiError("bad_request", str(exc)) from None
-        count_request(state, token)
         pinned = (normalize_node_id(req.node_id) or "") if req.node_id else ""
         weights = req.weights_hash or ""
         try:
             state.jobs.check_routable(req.model, weights_hash=weights, pinned=pinned)
         except InfernetError as exc:
             raise ApiError(exc.code, str(exc)) from None
+        count_request(state, token)  # only requests that become jobs count (specs §2)
         stream = req.stream or "text/event-stream" in request.headers.get("Accept", "")
         job = state.jobs.submit(token.id, to_job_request(req, new_job_id()), "jobs",
                                 interactive=stream, weights_hash=weights, pinned=pinned)
@@ -107,7 +108,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
     async def list_jobs() -> Response:
         token = await authenticate(state)
         limit, status, since = _list_args()
-        records = await state.store.call(state.store.sync.list_jobs, token.id, limit=limit,
+        records = await state.store.read(Store.list_jobs, token.id, limit=limit,
                                          status=status, since=since)
         views = []
         for rec in records:  # the store may lag a running job by a commit; memory does not
@@ -130,7 +131,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
     @app.get("/api/v1/cprs/<receipt_id>")
     async def get_receipt(receipt_id: str) -> Response:
         token = await authenticate(state)
-        record = await state.store.call(state.store.sync.get_receipt, receipt_id)
+        record = await state.store.read(Store.get_receipt, receipt_id)
         if record is not None:
             owner = await state.jobs.view(record.job_id)
             if owner is not None and owner[0] == token.id:
@@ -185,9 +186,9 @@ def _sse_response(body: AsyncIterator[bytes], view: JobView) -> Response:
 
 
 async def _follow_live(job: LiveJob) -> AsyncIterator[bytes]:
-    async with aclosing(job.follow()) as texts:
-        async for text in texts:
-            yield sse_text(text)
+    async with aclosing(job.follow()) as batches:
+        async for batch in batches:  # one write per batch of pieces that arrived together
+            yield b"".join(sse_text(text) for text in batch)
     yield _ending(job.view())
 
 
@@ -228,6 +229,6 @@ async def _node_status(state: CoordinatorState, pubkey: str) -> dict[str, Any]:
                 "last_seen": iso_time(time.time() - (now - entry.last_seen)),
                 "models": [m.name for m in caps.models], "backend": caps.backend,
                 "slots_total": caps.slots_total, "slots_free": state.router.free_slots(entry, now)}
-    saved = await state.store.call(state.store.sync.get_peer, pubkey)
+    saved = await state.store.read(Store.get_peer, pubkey)
     return {"node_id": pubkey, "status": "offline",
             "last_seen": iso_time(saved.last_seen) if saved else None}

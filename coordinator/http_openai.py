@@ -69,12 +69,12 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             chat = parse_chat_request(await read_body(state))
         except BadRequest as exc:
             raise ApiError("bad_request", str(exc)) from None
-        count_request(state, token)
-        request = to_job_request(chat, new_job_id())
         try:
             state.jobs.check_routable(chat.model)
         except InfernetError as exc:
             raise ApiError(exc.code, str(exc)) from None
+        count_request(state, token)  # only requests that become jobs count (specs §2)
+        request = to_job_request(chat, new_job_id())
         job = state.jobs.submit(token.id, request, "openai", interactive=True)
         state.jobs.attach(job)
         handed_over = False  # once the SSE body runs, it detaches when it ends
@@ -126,20 +126,23 @@ async def _collect(job: LiveJob, meta: ResponseMeta) -> Response:
 async def _sse_body(state: CoordinatorState, chat: ChatCompletionRequest, job: LiveJob,
                     meta: ResponseMeta) -> AsyncIterator[bytes]:
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+    # Events are joined into one write where they are ready together (each write costs a
+    # send through hypercorn): the role chunk rides with the first text, the end together.
+    head = sse(stream_chunk(meta, {"role": "assistant", "content": ""}))
     try:
-        yield sse(stream_chunk(meta, {"role": "assistant", "content": ""}))
-        async with aclosing(job.follow()) as texts:
-            async for text in texts:
-                yield sse(stream_chunk(meta, {"content": text}))
+        async with aclosing(job.follow()) as batches:
+            async for batch in batches:
+                yield head + b"".join(sse(stream_chunk(meta, {"content": t})) for t in batch)
+                head = b""
         if job.status == "failed":
-            yield sse(error_body(job.error_code or "internal_error", job.error_message))
+            yield head + sse(error_body(job.error_code or "internal_error", job.error_message))
             return
         final = job.final
         if final is not None:
             meta = replace(meta, receipt_id=job.receipt_id)  # known only now
-            yield sse(stream_chunk(meta, {}, final.finish_reason))
+            head += sse(stream_chunk(meta, {}, final.finish_reason))
             if include_usage:
-                yield sse(usage_chunk(meta, final.prompt_tokens, final.completion_tokens))
-        yield sse("[DONE]")
+                head += sse(usage_chunk(meta, final.prompt_tokens, final.completion_tokens))
+        yield head + sse("[DONE]")
     finally:
         state.jobs.detach(job)

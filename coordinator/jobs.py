@@ -195,14 +195,17 @@ class LiveJob:
         while not self.ended:
             await self._changed.wait()
 
-    async def follow(self, start: int = 0) -> AsyncGenerator[str, None]:
-        """Yield the job's text pieces from ``start`` until it ends. Cancel-safe; use it
-        under ``aclosing`` when it may be left early."""
+    async def follow(self, start: int = 0) -> AsyncGenerator[list[str], None]:
+        """Yield the job's text from piece ``start`` on, as lists of every piece that
+        arrived since the last yield (one write per list downstream), until the job ends.
+        Cancel-safe; use it under ``aclosing`` when it may be left early."""
         i = start
         while True:
-            while i < len(self.parts):
-                yield self.parts[i]
-                i += 1
+            if i < len(self.parts):
+                batch = self.parts[i:]
+                i += len(batch)
+                yield batch
+                continue
             if self.ended:
                 return
             await self._changed.wait()
@@ -271,7 +274,7 @@ class JobManager:
     async def _sweep(self) -> None:
         now, clock = time.time(), trio.current_time()
         requeued = failed = 0
-        for rec in await self.store.call(self.db.unfinished_jobs):
+        for rec in await self.store.read(Store.unfinished_jobs):
             stored = _decode_stored(rec.request)
             if rec.deadline is None or rec.deadline <= now:
                 await self.store.write(self.db.fail_job, rec.id, "timeout",
@@ -342,7 +345,7 @@ class JobManager:
         live = self.get(job_id)
         if live is not None:
             return live.token_id, live.view()
-        rec = await self.store.call(self.db.get_job, job_id)
+        rec = await self.store.read(Store.get_job, job_id)
         return (rec.token_id, JobView.from_record(rec)) if rec else None
 
     def attach(self, job: LiveJob) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "Role",
     "completion_body",
     "error_body",
+    "npub_of",
     "parse_chat_request",
     "provenance",
     "provenance_headers",
@@ -174,13 +175,20 @@ class ResponseMeta:
     node_pubkey: str
     weights_hash: str | None = None
     receipt_id: str | None = None
+    node_npub: str | None = None  # derived from node_pubkey once (bech32 is slow)
+
+    def __post_init__(self) -> None:
+        if self.node_npub is None and self.node_pubkey:
+            object.__setattr__(self, "node_npub", npub_of(self.node_pubkey))
 
     def head(self, obj: str) -> dict[str, Any]:
         return {"id": f"chatcmpl-{self.job_id}", "object": obj, "created": self.created,
                 "model": self.model}
 
     def provenance(self) -> dict[str, Any]:
-        return provenance(self.job_id, self.node_pubkey, self.weights_hash, self.receipt_id)
+        return {"job_id": self.job_id, "node_pubkey": self.node_pubkey or None,
+                "node_npub": self.node_npub, "weights_hash": self.weights_hash,
+                "receipt_id": self.receipt_id}
 
     def headers(self) -> dict[str, str]:
         """The provenance as response headers (``X-Infernet-*``)."""
@@ -188,17 +196,20 @@ class ResponseMeta:
                                   self.receipt_id)
 
 
+def npub_of(pubkey_hex: str) -> str | None:
+    """The ``npub1...`` form of a node key, or None if it is not a key."""
+    try:
+        return encode_npub(PublicKey.from_hex(pubkey_hex))
+    except KeyFormatError:
+        return None
+
+
 def provenance(job_id: str, node_pubkey: str | None, weights_hash: str | None,
                receipt_id: str | None) -> dict[str, Any]:
     """Served-by provenance: the node that ran the job (hex and npub), its weights, its
     receipt. Unknown parts are null (a job still pending has no node yet)."""
-    npub = None
-    if node_pubkey:
-        try:
-            npub = encode_npub(PublicKey.from_hex(node_pubkey))
-        except KeyFormatError:
-            npub = None
-    return {"job_id": job_id, "node_pubkey": node_pubkey, "node_npub": npub,
+    return {"job_id": job_id, "node_pubkey": node_pubkey,
+            "node_npub": npub_of(node_pubkey) if node_pubkey else None,
             "weights_hash": weights_hash, "receipt_id": receipt_id}
 
 

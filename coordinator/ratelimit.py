@@ -59,16 +59,36 @@ class Decision:
         return out
 
 
-class RateLimiter:
-    """Sliding-window counters for every token seen in the last hour."""
+class _Window:
+    """One token's hits: all of the last hour, and the tail of it in the last minute."""
+
+    __slots__ = ("hour", "minute")
 
     def __init__(self) -> None:
-        self._hits: dict[str, deque[float]] = {}
+        self.hour: deque[float] = deque()
+        self.minute: deque[float] = deque()
+
+    def trim(self, now: float, keep: int) -> None:
+        while self.hour and (self.hour[0] <= now - HOUR or len(self.hour) > keep):
+            self.hour.popleft()
+        while self.minute and (self.minute[0] <= now - MINUTE or len(self.minute) > keep):
+            self.minute.popleft()
+
+    def add(self, at: float) -> None:
+        self.hour.append(at)
+        self.minute.append(at)
+
+
+class RateLimiter:
+    """Sliding-window counters for every token seen in the last hour (O(1) per request)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, _Window] = {}
 
     def seed(self, hits: Iterable[tuple[str, float]]) -> None:
         """Load past hits (token id, Unix time), oldest first, e.g. from the jobs table."""
         for token_id, at in hits:
-            self._hits.setdefault(token_id, deque()).append(at)
+            self._windows.setdefault(token_id, _Window()).add(at)
 
     def peek(self, token_id: str, limits: Limits, now: float) -> Decision:
         """What a request now would get, without counting it."""
@@ -76,53 +96,41 @@ class RateLimiter:
 
     def hit(self, token_id: str, limits: Limits, now: float) -> Decision:
         """Count one request if it fits; the decision reports what is left after it."""
-        hits = self._window(token_id, limits, now)
-        before = self._decide(hits, limits, now)
+        window = self._window(token_id, limits, now)
+        before = self._decide(window, limits, now)
         if not before.allowed:
             return before
-        hits.append(now)
-        after = self._decide(hits, limits, now)
+        window.add(now)
+        after = self._decide(window, limits, now)
         return Decision(True, after.limit, after.remaining, after.reset, 0)
 
     def forget_idle(self, now: float) -> None:
         """Drop tokens with no hit in the last hour (bounds memory across many tokens)."""
-        for token_id in [t for t, h in self._hits.items() if not h or h[-1] <= now - HOUR]:
-            del self._hits[token_id]
+        idle = [t for t, w in self._windows.items() if not w.hour or w.hour[-1] <= now - HOUR]
+        for token_id in idle:
+            del self._windows[token_id]
 
-    def _window(self, token_id: str, limits: Limits, now: float) -> deque[float]:
-        hits = self._hits.setdefault(token_id, deque())
-        while hits and hits[0] <= now - HOUR:
-            hits.popleft()
-        while len(hits) > max(limits.per_hour, limits.per_minute, 1):
-            hits.popleft()  # a lowered limit: older hits can no longer matter
-        return hits
+    def _window(self, token_id: str, limits: Limits, now: float) -> _Window:
+        window = self._windows.setdefault(token_id, _Window())
+        # A lowered limit: hits older than the newest `limit` can no longer matter.
+        window.trim(now, max(limits.per_hour, limits.per_minute, 1))
+        return window
 
     @staticmethod
-    def _decide(hits: deque[float], limits: Limits, now: float) -> Decision:
+    def _decide(window: _Window, limits: Limits, now: float) -> Decision:
         """Whether one more request fits now; the binding window's header values."""
-        in_minute = _count_after(hits, now - MINUTE)
-        left_m = limits.per_minute - in_minute
-        left_h = limits.per_hour - len(hits)
+        left_m = limits.per_minute - len(window.minute)
+        left_h = limits.per_hour - len(window.hour)
         retry = 0
-        for left, limit, span in ((left_m, limits.per_minute, MINUTE),
-                                  (left_h, limits.per_hour, HOUR)):
+        for left, limit, span, hits in ((left_m, limits.per_minute, MINUTE, window.minute),
+                                        (left_h, limits.per_hour, HOUR, window.hour)):
             if left <= 0:
                 # One more fits once the hit that fills the window has aged out of it.
                 filling = hits[len(hits) - limit] if 0 < limit <= len(hits) else now
                 retry = max(retry, math.ceil(filling + span - now), 1)
         if left_h < left_m:
-            limit, left, span, count = limits.per_hour, left_h, HOUR, len(hits)
+            limit, left, span, newest = limits.per_hour, left_h, HOUR, window.hour
         else:
-            limit, left, span, count = limits.per_minute, left_m, MINUTE, in_minute
-        reset = math.ceil(hits[-1] + span) if count else math.ceil(now)
+            limit, left, span, newest = limits.per_minute, left_m, MINUTE, window.minute
+        reset = math.ceil(newest[-1] + span) if newest else math.ceil(now)
         return Decision(left_m > 0 and left_h > 0, limit, max(left, 0), reset, retry)
-
-
-def _count_after(hits: deque[float], since: float) -> int:
-    """How many hits are newer than ``since`` (hits are in time order)."""
-    n = 0
-    for at in reversed(hits):
-        if at <= since:
-            break
-        n += 1
-    return n

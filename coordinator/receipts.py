@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from infernet.protocol.canonical import decode_record
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.frames import FinalFrame, JobRequest
 from infernet.protocol.keys import SecretKey
 from infernet.protocol.pricing import job_value, rates_for_model, split_fee
 from infernet.protocol.receipt import (
+    MAX_RECEIPT_SIZE,
     Receipt,
     SignedReceipt,
     countersign_receipt,
@@ -101,15 +103,18 @@ def check_and_countersign(
             what the coordinator saw (`rejected_record` then builds the audit entry).
     """
     try:
-        verified = verify_receipt(signed)
+        # Fields first (cheap); countersign_receipt then verifies the node signature once.
+        receipt = decode_record(signed.body, Receipt, max_size=MAX_RECEIPT_SIZE)
+        problem = _check(receipt, request, node_pubkey, weights_hash, final, text)
+        if problem is not None:
+            raise ReceiptRejected(problem)
+        countersigned = countersign_receipt(signed, key)
+    except ReceiptRejected:
+        raise
     except InfernetError as exc:
         raise ReceiptRejected(f"receipt does not verify: {exc}") from None
-    receipt = verified.receipt
-    problem = _check(receipt, request, node_pubkey, weights_hash, final, text)
-    if problem is not None:
-        raise ReceiptRejected(problem)
-    envelope = encode_receipt(countersign_receipt(signed, key))
-    return _record(receipt, verified.receipt_id, "countersigned", "", envelope, now)
+    return _record(receipt, receipt_id(signed.body), "countersigned", "",
+                   encode_receipt(countersigned), now)
 
 
 def rejected_record(signed: SignedReceipt, reason: str, request: JobRequest,

@@ -2,9 +2,9 @@
 
 Owns: the coordinator's data directory (SQLite database and its libp2p key), the peer
 table fed by verified announcements and connection events, and composing everything in one
-nursery: the store's group-commit writer, the job manager (which sweeps what a previous
-run left unfinished before anything is served), the gossip listener and
-``hypercorn.trio.serve``.
+nursery: the store's group-commit writer, the pool of pre-opened job streams, the job
+manager (which sweeps what a previous run left unfinished before anything is served), the
+gossip listener and ``hypercorn.trio.serve``.
 
 Invariants: nodes are learned only from verified announcements; a node is offline at once
 when its connection drops; ``task_status.started`` fires only once HTTP and libp2p listen
@@ -33,9 +33,9 @@ from coordinator.metrics import Metrics
 from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM, HOUR, Limits, RateLimiter
 from coordinator.router import Router
 from coordinator.store import AsyncStore, PeerRecord, Store
+from coordinator.stream_pool import StreamPool
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.jobs import open_job
 from infernet.mesh.peer_table import PeerTable
 from infernet.protocol.announce import Announcement
 from infernet.protocol.event import encode_event
@@ -129,7 +129,8 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     metrics = Metrics()
     limiter = RateLimiter()
     limiter.seed(store.job_times_since(time.time() - HOUR))
-    jobs = JobManager(astore, router, partial(open_job, mesh),
+    streams = StreamPool(mesh)
+    jobs = JobManager(astore, router, streams.open_job,
                       JobSettings(timeout=config.job_timeout,
                                   capacity_wait=config.capacity_wait), metrics, key=key)
     metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
@@ -145,6 +146,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
             router.notify()
 
     async def on_disconnect(peer_id: str) -> None:
+        streams.drop(peer_id)
         for pubkey in table.mark_disconnected(peer_id):
             log.info("node %s disconnected", pubkey[:12])
 
@@ -162,6 +164,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     hconfig.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         await nursery.start(astore.serve)
+        await nursery.start(streams.serve)
         await nursery.start(jobs.serve)
         gossip = AnnouncementGossip(mesh, on_announcement)
         await nursery.start(gossip.serve)

@@ -10,8 +10,9 @@ Invariants:
 - WAL mode with ``synchronous=NORMAL``: a commit survives the coordinator process dying
   (SIGKILL included); the last few commits may be lost only if the machine itself loses
   power (no fsync per commit; decision recorded in the spec).
-- One connection, used from one worker thread at a time (`AsyncStore` serialises every call
-  through a ``CapacityLimiter(1)``), so trio never blocks on disk.
+- The coordinator writes through one connection, in group-committed batches, and reads
+  through a second one on a worker thread (`AsyncStore`: why commits run on the trio
+  thread, and how WAL checkpoints are kept off it).
 - A job's request is stored while it may need to run again and cleared when it ends, so
   prompts do not outlive their jobs.
 - SQL stays portable (Postgres is the scale-out path, DESIGN.md §3 "Coordinator store").
@@ -182,6 +183,7 @@ class Store:
     """Synchronous SQLite access; use `AsyncStore` from trio code."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -203,6 +205,10 @@ class Store:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def open_again(self) -> Store:
+        """A second connection to the same database (for reads or checkpoints)."""
+        return Store(self.path)
 
     def transaction(self) -> sqlite3.Connection:
         """The connection, for `AsyncStore`'s group commit (``BEGIN``/``COMMIT`` around a batch)."""

@@ -61,8 +61,7 @@ class Harness:
     async def finished(self, job_id: str) -> LiveJob:
         """Wait (on the job's own events, no polling) until the job ended."""
         job = self.live(job_id)
-        async for _ in job.follow():
-            pass
+        await job.wait_ended()
         return job
 
 

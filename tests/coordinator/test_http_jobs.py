@@ -349,3 +349,11 @@ async def test_bootstrap_lists_the_coordinator(h: Harness) -> None:
     assert body["coordinator"]["peer_id"] == "16Uiu2HAmCoordinator"
     assert body["coordinator"]["addrs"][0].startswith("/ip4/")
     assert body["peers"] == []
+
+
+async def test_a_json_body_is_read_whatever_its_content_type(h: Harness) -> None:
+    h.nodes.add()
+    body = json.dumps({"model": MODEL, "messages": USER}).encode()
+    r = await h.client.post("/api/v1/jobs", data=body, headers={  # what `curl -d` sends
+        **h.auth(), "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 202

@@ -108,8 +108,7 @@ async def test_the_client_going_away_cancels_the_job(h: Harness) -> None:
             gate.set()
             await conn.receive()
             await conn.disconnect()
-            async for _ in job.follow():
-                pass
+            await job.wait_ended()
             scope.cancel()
     assert (job.status, job.error_code) == ("failed", "cancelled")
     assert node.cancelled == 1

@@ -428,3 +428,17 @@ async def test_queued_writes_are_committed_on_shutdown(store: Store) -> None:
 def test_write_nowait_needs_a_writer(store: Store) -> None:
     with pytest.raises(RuntimeError):
         AsyncStore(store).write_nowait(store.create_job, "job-1", "tok_1", "m")
+
+
+async def test_the_writer_checkpoints_the_wal_from_its_own_connection(store: Store) -> None:
+    astore = AsyncStore(store)
+    assert await astore.checkpoint() is False  # no writer running
+    async with trio.open_nursery() as nursery:
+        await nursery.start(astore.serve)
+        await astore.write(store.create_job, "job-1", "tok_1", "m")
+        assert await astore.checkpoint() is True
+        job = await astore.read(Store.get_job, "job-1")  # through the second connection
+        assert store.transaction().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        nursery.cancel_scope.cancel()
+    assert astore.statistics().checkpoints == 1
+    assert job is not None and job.status == "pending"
