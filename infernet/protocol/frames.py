@@ -62,6 +62,10 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
     # client_pubkey to encrypted_to (the node key or a model key); messages is then empty.
     encrypted: str = ""
     encrypted_to: str = ""
+    # Routing constraints (specs/mesh.md "Routing"): only nodes announcing these exact
+    # weights, and not above this output price per 1000 tokens.
+    weights_hash: str = ""
+    max_price_per_1k: float | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag="accepted"):

@@ -1,0 +1,77 @@
+"""Choosing candidates: model match, pinned weights, price cap, free slots, RTT, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from infernet.mesh.peer_table import PeerTable
+from infernet.mesh.routing import candidates
+from infernet.protocol.announce import (
+    Capabilities,
+    ModelOffer,
+    build_announcement,
+    parse_announcement,
+)
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.event import encode_event
+from infernet.protocol.keys import SecretKey
+
+NOW = int(time.time())
+
+
+def _add(table: PeerTable, *, slots: int = 1, weights: str = "", price: float = 0.0,
+         model: str = "m", rtt: float | None = None, peer: str | None = None) -> str:
+    key = SecretKey.generate()
+    caps = Capabilities(backend="t", models=(ModelOffer(name=model, weights_hash=weights,
+                                                        price_per_1k_output=price),),
+                        slots_total=slots, slots_free=slots, expires_at=NOW + 60)
+    ann = parse_announcement(encode_event(build_announcement(caps, key, NOW)), now=NOW,
+                             sender_pubkey=key.public_key)
+    peer_id = peer or key.public_key.hex()[:16]
+    table.update(ann, peer_id, 0.0, connected=True)
+    if rtt is not None:
+        table.set_rtt(peer_id, rtt)
+    return key.public_key.hex()
+
+
+def test_most_free_slots_first_then_lowest_rtt() -> None:
+    table = PeerTable()
+    far = _add(table, slots=2, rtt=80)
+    near = _add(table, slots=2, rtt=5)
+    busy = _add(table, slots=1, rtt=1)
+    unmeasured = _add(table, slots=2)
+    order = [e.pubkey for e in candidates(table, "m", 1.0)]
+    assert order == [near, far, unmeasured, busy]
+
+
+def test_weights_pin_and_price_cap() -> None:
+    table = PeerTable()
+    cheap_a = _add(table, weights="sha256:aa", price=0.001)
+    dear_a = _add(table, weights="sha256:aa", price=0.05)
+    _add(table, weights="sha256:bb", price=0.0)
+    pinned = candidates(table, "m", 1.0, weights_hash="sha256:aa", max_price=0.01)
+    assert [e.pubkey for e in pinned] == [cheap_a]
+    both = {e.pubkey for e in candidates(table, "m", 1.0, weights_hash="sha256:aa")}
+    assert both == {cheap_a, dear_a}
+    with pytest.raises(InfernetError) as other:
+        candidates(table, "m", 1.0, weights_hash="sha256:cc")
+    assert other.value.code == "model_not_found"
+    with pytest.raises(InfernetError) as too_dear:
+        candidates(table, "m", 1.0, weights_hash="sha256:aa", max_price=0.0001)
+    assert too_dear.value.code == "no_capacity"
+
+
+def test_no_node_online_and_unknown_model() -> None:
+    table = PeerTable()
+    with pytest.raises(InfernetError) as empty:
+        candidates(table, "m", 1.0)
+    assert empty.value.code == "no_capacity"
+    node = _add(table)
+    with pytest.raises(InfernetError) as unknown:
+        candidates(table, "other", 1.0)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(InfernetError) as excluded:
+        candidates(table, "m", 1.0, exclude={node})
+    assert excluded.value.code == "no_capacity"
