@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -20,7 +21,7 @@ import trio
 from trio_typing import TaskStatus
 
 from infernet.backends.base import Backend
-from infernet.backends.inventory import watch_served_models
+from infernet.backends.inventory import Inventory, build_inventory, watch_served_models
 from infernet.backends.select import open_backend
 from infernet.mesh.bootstrap import keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
@@ -30,6 +31,7 @@ from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
 from infernet.node.config import NodeConfig, config_path
 from infernet.node.control import NodeControl, NodeParts
+from infernet.node.hardware import HardwareInfo, detect_hardware
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
@@ -60,22 +62,23 @@ class NodeInfo:
 
 class _Announcer:
     def __init__(self, key: SecretKey, config: NodeConfig, mesh: MeshHost,
-                 executor: JobExecutor, backend: str) -> None:
+                 executor: JobExecutor, served: _Served) -> None:
         self.key = key
         self.config = config
         self.mesh = mesh
         self.executor = executor
-        self.backend = backend
+        self.served = served
         self.last_published: float | None = None  # unix time, for `infernet status`
 
     def encode(self) -> bytes:
         now = int(time.time())
+        offers = self.served.offers(self.config.price_per_1k_output)
+        hardware = self.served.hardware
         caps = Capabilities(
-            backend=self.backend,
-            models=tuple(
-                ModelOffer(name=m, price_per_1k_output=self.config.price_per_1k_output)
-                for m in sorted(self.executor.models)
-            ),
+            backend=self.served.backend.name,
+            models=tuple(o for o in offers if o.name in self.executor.models),
+            vram_tier=hardware.tier,
+            gpu=hardware.summary().gpu_label(),
             slots_total=int(self.executor.limiter.total_tokens),
             slots_free=self.executor.free_slots,
             listen_addrs=tuple(self.mesh.listen_addrs()) if self.config.advertise else (),
@@ -104,24 +107,57 @@ class _Announcer:
             await trio.sleep(MESH_CHECK_EVERY)  # periodic check of mesh and load
 
 
-async def _follow_served_models(home: Path, backend: Backend, executor: JobExecutor) -> None:
+class _Served:
+    """What the node advertises: the engine's models reconciled with ``served_models`` and
+    the memory budget (weights hash, fit, quantization; infernet.backends.inventory)."""
+
+    def __init__(self, backend: Backend, hardware: HardwareInfo, home: Path) -> None:
+        self.backend = backend
+        self.hardware = hardware
+        self.hash_cache = home / "cache" / "weights.json"
+        self.inventory: Inventory | None = None
+
+    async def refresh(self, served_models: Iterable[str]) -> None:
+        """Rebuild the inventory (logs missing and refused models).
+
+        Raises:
+            BackendError: the engine cannot list its models.
+        """
+        self.inventory = await build_inventory(self.backend, served_models,
+                                               self.hardware.memory_budget_bytes,
+                                               hash_cache=self.hash_cache)
+
+    def models(self) -> set[str]:
+        return {m.name for m in self.inventory.serve} if self.inventory else set()
+
+    def weights(self) -> dict[str, str]:
+        return {m.name: m.weights_hash for m in self.inventory.serve} if self.inventory else {}
+
+    def offers(self, price_per_1k_output: float) -> tuple[ModelOffer, ...]:
+        served = self.inventory.serve if self.inventory else ()
+        return tuple(ModelOffer(name=m.name, weights_hash=m.weights_hash,
+                                quantization=m.quantization,
+                                price_per_1k_output=price_per_1k_output)
+                     for m in sorted(served, key=lambda m: m.name))
+
+
+async def _follow_served_models(home: Path, served: _Served, executor: JobExecutor) -> None:
     """Serve what ``served_models`` says as the operator edits it (``infernet model ...``);
     the announcer sees the new set and re-announces at once."""
     first = True
-    async for served in watch_served_models(config_path(home)):
+    async for wanted in watch_served_models(config_path(home)):
         if first:  # the start-up list was already applied from the same file
             first = False
             continue
         try:
-            listed = await backend.list_models()
+            await served.refresh(wanted)
         except BackendError as exc:
             log.warning("served_models changed but the engine did not answer: %s", exc)
             continue
-        models = {m.name for m in listed if not served or m.name in served}
-        executor.weights = {m.name: m.digest for m in listed if m.digest}
-        if models != executor.models:
-            log.info("now serving: %s", ", ".join(sorted(models)) or "nothing")
-            executor.models = models
+        executor.weights = served.weights()
+        if served.models() != executor.models:
+            log.info("now serving: %s", ", ".join(sorted(served.models())) or "nothing")
+            executor.models = served.models()
 
 
 async def run_node(
@@ -143,15 +179,10 @@ async def run_node(
         InfernetError: the control port cannot be bound.
     """
     async with open_backend(config, home) as backend:
-        listed = await backend.list_models()
-        if config.served_models:
-            missing = set(config.served_models) - {m.name for m in listed}
-            if missing:
-                log.warning("served_models lists %s, which %s does not have",
-                            ", ".join(sorted(missing)), backend.name)
-            listed = [m for m in listed if m.name in config.served_models]
-        models = {m.name for m in listed}
-        weights = {m.name: m.digest for m in listed if m.digest}  # for receipts
+        hardware = await trio.to_thread.run_sync(detect_hardware, home)
+        served = _Served(backend, hardware, home)
+        await served.refresh(config.served_models)
+        models, weights = served.models(), served.weights()
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
@@ -160,7 +191,7 @@ async def run_node(
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
                                    relay=relay, key=key, weights=weights)
 
-            announcer = _Announcer(key, config, mesh, executor, backend.name)
+            announcer = _Announcer(key, config, mesh, executor, served)
             control = NodeControl(NodeParts(
                 home=home, config=config, key=key, backend=backend, executor=executor,
                 mesh=mesh, table=peers.table, last_announced=lambda: announcer.last_published,
@@ -174,7 +205,7 @@ async def run_node(
             async with trio.open_nursery() as nursery:
                 await nursery.start(peers.serve)
                 nursery.start_soon(announcer.run, peers.gossip)
-                nursery.start_soon(_follow_served_models, home, backend, executor)
+                nursery.start_soon(_follow_served_models, home, served, executor)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
                 if config.mdns:
