@@ -1,0 +1,15 @@
+"""The mesh benchmark still runs (quick mode): benchmarks nobody runs rot."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import mesh
+
+pytestmark = pytest.mark.slow
+
+
+def test_mesh_bench_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mesh.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "gossip propagation" in out and "relayed/direct" in out
