@@ -20,16 +20,19 @@ from quart import Response, g, request
 from coordinator import job_api, openai_api
 from coordinator.auth import TokenCache, limits_for
 from coordinator.jobs import JobManager
+from coordinator.ledger import Ledger
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import Decision, Limits, RateLimiter
 from coordinator.router import Router
 from coordinator.store import TokenRecord
 from coordinator.store_writer import AsyncStore
 from infernet.mesh.peer_table import PeerTable
+from infernet.protocol.auth import AuthVerifier
 from infernet.protocol.errors import ErrorCode, info
+from infernet.protocol.keys import PublicKey
 
 __all__ = ["ApiError", "CoordinatorState", "authenticate", "count_request", "error_response",
-           "json_response", "read_body"]
+           "json_response", "node_key_lookup", "read_body"]
 
 
 @dataclass(slots=True)
@@ -45,9 +48,22 @@ class CoordinatorState:
     metrics: Metrics
     peer_id: str
     bootstrap_addrs: Callable[[], Sequence[str]]
+    ledger: Ledger
+    node_auth: AuthVerifier  # X-Infernet-Auth for node-facing routes
     default_limits: Limits = field(default_factory=Limits)
     max_body: int = 4 << 20
     coordinator_pubkey: str = ""  # x-only hex key that countersigns receipts
+
+
+def node_key_lookup(table: PeerTable) -> Callable[[str], PublicKey | None]:
+    """Keys of the nodes known from verified announcements, by pubkey hex (for
+    `AuthVerifier`): a node signs its requests with the key it announces with."""
+
+    def lookup(key_id: str) -> PublicKey | None:
+        entry = table.get(key_id)
+        return entry.announcement.pubkey if entry is not None else None
+
+    return lookup
 
 
 class ApiError(Exception):

@@ -35,7 +35,13 @@ import trio
 from trio_typing import TaskStatus
 
 from coordinator.metrics import Metrics
-from coordinator.receipts import ReceiptRejected, check_and_countersign, rejected_record
+from coordinator.receipts import (
+    JobFacts,
+    ReceiptRecord,
+    ReceiptRejected,
+    check_and_countersign,
+    rejected_record,
+)
 from coordinator.router import ACCEPT_TIMEOUT, Router
 from coordinator.store import JobRecord, Store
 from coordinator.store_writer import AsyncStore, PendingWrite
@@ -43,6 +49,7 @@ from infernet.mesh.peer_table import PeerEntry
 from infernet.protocol.errors import ErrorCode, InfernetError, JobFailed
 from infernet.protocol.frames import Accepted, FinalFrame, JobRequest
 from infernet.protocol.keys import SecretKey
+from infernet.protocol.receipt import Receipt, SignedReceipt, receipt_id
 
 __all__ = ["JobCallLike", "JobManager", "JobOpener", "JobSettings", "JobSource", "JobView",
            "LiveJob", "new_job_id"]
@@ -505,19 +512,20 @@ class JobManager:
         if job.ttft_ms is None:
             job.ttft_ms = latency
         text = "".join(job.parts)
-        job.receipt_id = self._countersign(job, entry, final, text)
+        facts = JobFacts.of_run(job.request, entry.pubkey, job.served_weights, final, text)
+        job.receipt_id = self._countersign(job, final, facts)
         await self.store.write(
             self.db.finish_job, job.id, final.prompt_tokens, final.completion_tokens, text=text,
             finish_reason=final.finish_reason, ttft_ms=job.ttft_ms, latency_ms=latency,
-            tokens_per_s=final.tokens_per_s, receipt_id=job.receipt_id)
+            tokens_per_s=final.tokens_per_s, receipt_id=job.receipt_id,
+            prompt_hash=facts.prompt_hash)
         job.final, job.latency_ms, job.completed_at = final, latency, time.time()
         job.status = "completed"
         self.router.record(entry.pubkey, job.model, final.ttft_ms or job.ttft_ms,
                            final.tokens_per_s)
         self._ended(job, "completed", final.prompt_tokens, final.completion_tokens)
 
-    def _countersign(self, job: LiveJob, entry: PeerEntry, final: FinalFrame,
-                     text: str) -> str | None:
+    def _countersign(self, job: LiveJob, final: FinalFrame, facts: JobFacts) -> str | None:
         """Check and countersign the node's receipt; queue it for the store (in the same
         commit as the job's completion). Returns the id of a countersigned receipt."""
         signed = final.receipt
@@ -525,15 +533,58 @@ class JobManager:
             return None
         now = time.time()
         try:
-            record = check_and_countersign(
-                signed, request=job.request, node_pubkey=entry.pubkey,
-                weights_hash=job.served_weights, final=final, text=text, key=self._key, now=now)
+            record = check_and_countersign(signed, facts, key=self._key, now=now)
         except ReceiptRejected as exc:
-            log.warning("job %s: receipt from node %s rejected: %s", job.id, entry.pubkey[:12],
-                        exc)
-            record = rejected_record(signed, str(exc), job.request, entry.pubkey, now)
+            log.warning("job %s: receipt from node %s rejected: %s", job.id,
+                        facts.node_pubkey[:12], exc)
+            record = rejected_record(signed, str(exc), facts, now)
         self.store.write_nowait(self.db.save_receipt, record)
         return record.id if record.status == "countersigned" else None
+
+    async def accept_late_receipt(self, signed: SignedReceipt,
+                                  stated: Receipt) -> tuple[ReceiptRecord, bool]:
+        """Check a receipt a node sends after its job (its final frame had none) against the
+        stored job, countersign and store it. Returns (record, newly stored).
+
+        Raises:
+            InfernetError: ``bad_request`` — no completed job by that id served by the
+                signer, the job already has another receipt, or the receipt does not match
+                (then it is stored as rejected) or does not verify.
+        """
+        rec = await self.store.read(Store.get_job, stated.job_id)
+        if rec is None or rec.status != "completed" or rec.node_pubkey != stated.node_pubkey:
+            raise InfernetError(f"no completed job {stated.job_id!r} served by this node",
+                                code="bad_request")
+        existing = await self.store.read(Store.receipt_for_job, rec.id)
+        if existing is not None:
+            if existing.id == receipt_id(signed.body):
+                return existing, False
+            raise InfernetError("this job already has a countersigned receipt",
+                                code="bad_request")
+        if self._key is None:
+            raise InfernetError("this coordinator does not countersign receipts",
+                                code="bad_request")
+        facts = JobFacts(
+            job_id=rec.id, node_pubkey=stated.node_pubkey, model=rec.model,
+            input_tokens=rec.prompt_tokens or 0, output_tokens=rec.completion_tokens or 0,
+            weights_hash=rec.weights_hash,
+            prompt_hash=await self.store.read(Store.job_prompt_hash, rec.id),
+            output_hash=JobFacts.of_text(rec.result_text or ""))
+        now = time.time()
+        try:
+            record = check_and_countersign(signed, facts, key=self._key, now=now)
+        except ReceiptRejected as exc:
+            await self.store.write(self.db.save_receipt,
+                                   rejected_record(signed, str(exc), facts, now))
+            raise InfernetError(f"receipt rejected: {exc}", code="bad_request") from None
+        await self.store.write(self.db.save_receipt, record)
+        await self.store.write(self.db.set_job_receipt, rec.id, record.id)
+        live = self.get(rec.id)
+        if live is not None:
+            live.receipt_id = record.id
+        log.info("job %s: late receipt %s from node %s countersigned", rec.id, record.id[:12],
+                 stated.node_pubkey[:12])
+        return record, True
 
     async def _fail(self, job: LiveJob, code: ErrorCode, message: str) -> None:
         latency = (trio.current_time() - job.started) * 1000

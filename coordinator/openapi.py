@@ -27,7 +27,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int, flat: bool = True) -> dict[str, Any]:
     schema = _ref("JobApiError" if flat else "OpenAIError")
-    text = {400: "Bad request (`bad_request`)", 401: "Missing or invalid token (`unauthorized`)",
+    text = {400: "Bad request (`bad_request`)",
+            401: "Missing or invalid credentials (`unauthorized`)",
             404: "Not found", 413: "Body over 4 MiB (`bad_request`)",
             429: "Rate limited (`rate_limited`); see `Retry-After`",
             502: "The node failed (`node_disconnected`, `protocol_error`)",
@@ -45,6 +46,9 @@ _RATE_HEADERS = {
                           "description": "Unix time when that window is empty again"},
 }
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NODE_ID = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "the node's public key, hex or npub"}
+_NODE_AUTH: list[dict[str, list[str]]] = [{"nodeAuth": []}]
 
 
 def _schemas() -> dict[str, Any]:
@@ -145,6 +149,15 @@ def _schemas() -> dict[str, Any]:
                         "completed_at": {"type": "integer"},
                         "receipt": {"type": "string", "description":
                                     "base64 of the canonical CBOR envelope (specs/receipts.md)"}}},
+        "Balance": {"type": "object", "properties": {
+            "node_id": {"type": "string"}, "currency": {"const": "USDC"},
+            "balances": {"type": "object", "additionalProperties": {"type": "string"}},
+            "payouts": {"type": "array", "items": _ref("Payout")}}},
+        "Payout": {"type": "object", "properties": {
+            "id": {"type": "string"}, "chain": {"type": "string"},
+            "address": {"type": "string"}, "amount": {"type": "string"},
+            "status": {"enum": ["pending", "settled", "failed"]},
+            "reference": {"type": "string"}}},
         "Bootstrap": {"type": "object", "properties": {
             "coordinator": {"type": "object", "properties": {
                 "peer_id": {"type": "string"}, "pubkey": {"type": "string"},
@@ -219,6 +232,29 @@ def _paths() -> dict[str, Any]:
             "parameters": [{"name": "receipt_id", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": _json(_ref("Receipt"), ok), **_errors(401, 404)}}},
+        "/api/v1/receipts": {"post": {
+            "summary": "A node sends the signed receipt its final frame did not carry",
+            "security": _NODE_AUTH,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["receipt"], "additionalProperties": False,
+                "properties": {"receipt": {"type": "string", "description":
+                               "base64 of the signed envelope (specs/receipts.md §4)"}}}}}},
+            "responses": {"201": _json(_ref("Receipt"), "Countersigned"),
+                          "200": _json(_ref("Receipt"), "Already countersigned"),
+                          **_errors(400, 401, 429)}}},
+        "/api/v1/nodes/{node_id}/balance": {"get": {
+            "summary": "A node's unclaimed balance per chain and its payouts",
+            "security": _NODE_AUTH, "parameters": [_NODE_ID],
+            "responses": {"200": _json(_ref("Balance"), ok), **_errors(400, 401, 429)}}},
+        "/api/v1/nodes/{node_id}/payouts": {"post": {
+            "summary": "Pay a node's balance on a chain (at or above the chain's minimum)",
+            "security": _NODE_AUTH, "parameters": [_NODE_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["chain", "address"],
+                "additionalProperties": False,
+                "properties": {"chain": {"enum": ["base", "ethereum", "polygon", "solana"]},
+                               "address": {"type": "string"}}}}}},
+            "responses": {"201": _json(_ref("Payout"), "Paid"), **_errors(400, 401, 429)}}},
         "/api/v1/bootstrap": {"get": {"summary": "Multiaddrs to join the mesh (no auth)",
                                       "responses": {"200": _json(_ref("Bootstrap"), ok)}}},
     }
@@ -231,7 +267,11 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Infernet coordinator", "version": "1.0.0",
                  "description": "OpenAI-compatible API and job API of an Infernet "
                                 "coordinator. Normative text: specs/http-api.md."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "nodeAuth": {"type": "apiKey", "in": "header", "name": "X-Infernet-Auth",
+                         "description": "v1.<sig>.<nonce>.<timestamp> by the node key "
+                                        "(specs/auth.md)"}},
                        "schemas": _schemas()},
         "paths": _paths(),
     }

@@ -14,6 +14,7 @@ reason (an audit trail), never countersigned. Pure: no I/O, time is an argument.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -35,8 +36,8 @@ from infernet.protocol.receipt import (
     verify_receipt,
 )
 
-__all__ = ["ReceiptRecord", "ReceiptRejected", "check_and_countersign", "receipt_body",
-           "rejected_record"]
+__all__ = ["JobFacts", "ReceiptRecord", "ReceiptRejected", "check_and_countersign",
+           "receipt_body", "rejected_record"]
 
 
 class ReceiptRejected(InfernetError):
@@ -65,23 +66,59 @@ class ReceiptRecord:
     created_at: float
 
 
-def _check(receipt: Receipt, request: JobRequest, node_pubkey: str, weights_hash: str | None,
-           final: FinalFrame, text: str) -> str | None:
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    """What the coordinator itself saw of a job, to hold a receipt against."""
+
+    job_id: str
+    node_pubkey: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    client_pubkey: str = ""
+    weights_hash: str | None = None
+    prompt_hash: str | None = None
+    output_hash: str | None = None
+
+    @classmethod
+    def of_run(cls, request: JobRequest, node_pubkey: str, weights_hash: str | None,
+               final: FinalFrame, text: str) -> JobFacts:
+        """The facts of a job this process just ran."""
+        return cls(job_id=request.job_id, node_pubkey=node_pubkey, model=request.model,
+                   input_tokens=final.prompt_tokens, output_tokens=final.completion_tokens,
+                   client_pubkey=request.client_pubkey, weights_hash=weights_hash,
+                   prompt_hash=_safe(lambda: prompt_hash(request.messages)),
+                   output_hash=_safe(lambda: output_hash(text)))
+
+
+    @staticmethod
+    def of_text(text: str) -> str | None:
+        """The output hash of ``text``, None if it cannot be hashed."""
+        return _safe(lambda: output_hash(text))
+
+
+def _safe(fn: Callable[[], str]) -> str | None:
+    try:
+        return fn()
+    except InfernetError:  # text with a lone surrogate: that hash cannot be checked
+        return None
+
+
+def _check(receipt: Receipt, facts: JobFacts) -> str | None:
     """Why ``receipt`` does not match the job, or None when it does."""
     expected: list[tuple[str, object, object]] = [
-        ("job_id", receipt.job_id, request.job_id),
-        ("node_pubkey", receipt.node_pubkey, node_pubkey),
-        ("model", receipt.model, request.model),
-        ("input_tokens", receipt.input_tokens, final.prompt_tokens),
-        ("output_tokens", receipt.output_tokens, final.completion_tokens),
-        ("client_pubkey", receipt.client_pubkey, request.client_pubkey),
+        ("job_id", receipt.job_id, facts.job_id),
+        ("node_pubkey", receipt.node_pubkey, facts.node_pubkey),
+        ("model", receipt.model, facts.model),
+        ("input_tokens", receipt.input_tokens, facts.input_tokens),
+        ("output_tokens", receipt.output_tokens, facts.output_tokens),
+        ("client_pubkey", receipt.client_pubkey, facts.client_pubkey),
     ]
-    if weights_hash:
-        expected.append(("weights_hash", receipt.weights_hash, weights_hash))
-    if receipt.prompt_hash:
-        expected.append(("prompt_hash", receipt.prompt_hash, prompt_hash(request.messages)))
-    if receipt.output_hash:
-        expected.append(("output_hash", receipt.output_hash, output_hash(text)))
+    for name, mine in (("weights_hash", facts.weights_hash), ("prompt_hash", facts.prompt_hash),
+                       ("output_hash", facts.output_hash)):
+        stated = getattr(receipt, name)
+        if mine and stated:  # a hash a side does not know is not held against the receipt
+            expected.append((name, stated, mine))
     for name, stated, seen in expected:
         if stated != seen:
             return f"{name} is {stated!r}, the coordinator saw {seen!r}"
@@ -93,10 +130,9 @@ def _check(receipt: Receipt, request: JobRequest, node_pubkey: str, weights_hash
 
 
 def check_and_countersign(
-    signed: SignedReceipt, *, request: JobRequest, node_pubkey: str, weights_hash: str | None,
-    final: FinalFrame, text: str, key: SecretKey, now: float,
+    signed: SignedReceipt, facts: JobFacts, *, key: SecretKey, now: float,
 ) -> ReceiptRecord:
-    """Verify ``signed`` against the job and countersign it with ``key``.
+    """Verify ``signed`` against what the coordinator saw of the job; countersign it.
 
     Raises:
         ReceiptRejected: a bad signature, an undecodable body, or a field that differs from
@@ -105,7 +141,7 @@ def check_and_countersign(
     try:
         # Fields first (cheap); countersign_receipt then verifies the node signature once.
         receipt = decode_record(signed.body, Receipt, max_size=MAX_RECEIPT_SIZE)
-        problem = _check(receipt, request, node_pubkey, weights_hash, final, text)
+        problem = _check(receipt, facts)
         if problem is not None:
             raise ReceiptRejected(problem)
         countersigned = countersign_receipt(signed, key)
@@ -117,8 +153,8 @@ def check_and_countersign(
                    encode_receipt(countersigned), now)
 
 
-def rejected_record(signed: SignedReceipt, reason: str, request: JobRequest,
-                    node_pubkey: str, now: float) -> ReceiptRecord:
+def rejected_record(signed: SignedReceipt, reason: str, facts: JobFacts,
+                    now: float) -> ReceiptRecord:
     """The audit entry of a receipt that was not countersigned."""
     try:
         receipt: Receipt | None = verify_receipt(signed).receipt
@@ -127,11 +163,11 @@ def rejected_record(signed: SignedReceipt, reason: str, request: JobRequest,
     rid = receipt_id(signed.body)
     envelope = encode_receipt(signed)
     if receipt is None:
-        return ReceiptRecord(rid, request.job_id, node_pubkey, "rejected", reason,
-                             request.model, 0, 0, "0", "0", "0", "USDC", "", 0,
+        return ReceiptRecord(rid, facts.job_id, facts.node_pubkey, "rejected", reason,
+                             facts.model, 0, 0, "0", "0", "0", "USDC", "", 0,
                              base64.b64encode(envelope).decode(), now)
-    return _record(receipt, rid, "rejected", reason, envelope, now, job_id=request.job_id,
-                   node_pubkey=node_pubkey)
+    return _record(receipt, rid, "rejected", reason, envelope, now, job_id=facts.job_id,
+                   node_pubkey=facts.node_pubkey)
 
 
 def _record(receipt: Receipt, rid: str, status: str, reason: str, envelope: bytes, now: float,

@@ -28,7 +28,9 @@ from trio_typing import TaskStatus
 
 from coordinator.app import CoordinatorState, create_app
 from coordinator.auth import TokenCache
+from coordinator.http_common import node_key_lookup
 from coordinator.jobs import JobManager, JobSettings
+from coordinator.ledger import Ledger
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM, HOUR, Limits, RateLimiter
 from coordinator.router import Router
@@ -38,6 +40,7 @@ from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.peer_table import PeerTable
 from infernet.protocol.announce import Announcement
+from infernet.protocol.auth import AuthVerifier
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
 
@@ -155,6 +158,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
         table=table, store=astore, router=router, jobs=jobs, tokens=TokenCache(astore),
         limiter=limiter, metrics=metrics, peer_id=mesh.peer_id,
         bootstrap_addrs=lambda: _loopback_first(mesh.listen_addrs(), config.p2p_host),
+        ledger=Ledger(astore), node_auth=AuthVerifier(node_key_lookup(table)),
         default_limits=Limits(per_minute=config.rpm, per_hour=config.rph),
         coordinator_pubkey=key.public_key.hex())
     hconfig = HypercornConfig()

@@ -34,8 +34,8 @@ from typing import Final
 from coordinator.receipts import ReceiptRecord
 from coordinator.store_writer import AsyncStore
 
-__all__ = ["MIGRATIONS", "AsyncStore", "JobRecord", "PeerRecord", "Store", "TokenRecord",
-           "hash_token"]
+__all__ = ["MIGRATIONS", "AsyncStore", "JobRecord", "PayoutRecord", "PeerRecord", "Store",
+           "TokenRecord", "hash_token"]
 
 TOKEN_PREFIX: Final = "inf_"
 
@@ -112,6 +112,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX receipts_job ON receipts (job_id);
     CREATE INDEX receipts_node_status ON receipts (node_pubkey, status);
     """,
+    # 4: the ledger's payouts; a job's prompt hash, to check a receipt a node sends later.
+    """
+    CREATE TABLE payouts (
+        id TEXT PRIMARY KEY,
+        node_pubkey TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX payouts_node ON payouts (node_pubkey, created_at);
+    ALTER TABLE jobs ADD COLUMN prompt_hash TEXT;
+    """,
 )
 
 _JOB_COLUMNS: Final = (
@@ -167,6 +182,20 @@ class JobRecord:
     weights_hash: str | None = None
     receipt_id: str | None = None
     request: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRecord:
+    """One payout: where it went, how much, and how settlement went."""
+
+    id: str
+    node_pubkey: str
+    chain: str
+    address: str
+    amount: str  # canonical decimal text, USDC
+    status: str  # "pending" | "settled" | "failed"
+    reference: str  # the settlement's reference (a tx hash, or ledger:<id>)
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,16 +341,29 @@ class Store:
         latency_ms: float | None = None,
         tokens_per_s: float | None = None,
         receipt_id: str | None = None,
+        prompt_hash: str | None = None,
     ) -> None:
-        """Mark a job completed with its result and usage; forget its request."""
+        """Mark a job completed with its result and usage; forget its request (its hash
+        stays, to check a receipt sent later)."""
         now = time.time()
         self._db.execute(
             "UPDATE jobs SET status = 'completed', prompt_tokens = ?, completion_tokens = ?,"
             " result_text = ?, finish_reason = ?, ttft_ms = ?, latency_ms = ?, tokens_per_s = ?,"
-            " receipt_id = ?, request = NULL, completed_at = ?, updated_at = ? WHERE id = ?",
+            " receipt_id = ?, prompt_hash = ?, request = NULL, completed_at = ?, updated_at = ?"
+            " WHERE id = ?",
             (prompt_tokens, completion_tokens, text, finish_reason, ttft_ms, latency_ms,
-             tokens_per_s, receipt_id, now, now, job_id),
+             tokens_per_s, receipt_id, prompt_hash, now, now, job_id),
         )
+
+    def set_job_receipt(self, job_id: str, receipt_id: str) -> None:
+        """Name the countersigned receipt of a completed job (one a node sent later)."""
+        self._db.execute("UPDATE jobs SET receipt_id = ? WHERE id = ? AND receipt_id IS NULL",
+                         (receipt_id, job_id))
+
+    def job_prompt_hash(self, job_id: str) -> str | None:
+        """The stored prompt hash of a completed job."""
+        row = self._db.execute("SELECT prompt_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
 
     def fail_job(
         self, job_id: str, code: str, message: str, *, latency_ms: float | None = None
@@ -400,6 +442,48 @@ class Store:
             " created_at FROM receipts WHERE id = ?", (rid,)
         ).fetchone()
         return ReceiptRecord(*row) if row else None
+
+    def receipt_for_job(self, job_id: str) -> ReceiptRecord | None:
+        """The countersigned receipt of a job, if any."""
+        row = self._db.execute(
+            "SELECT id FROM receipts WHERE job_id = ? AND status = 'countersigned'", (job_id,)
+        ).fetchone()
+        return self.get_receipt(row[0]) if row else None
+
+    # --- ledger -------------------------------------------------------------------------
+
+    def ledger_entries(self, node_pubkey: str) -> tuple[list[tuple[str, str]],
+                                                        list[tuple[str, str]]]:
+        """(chain, amount) of the node's countersigned receipts and of its payouts that did
+        not fail: the two sides of its balance."""
+        earned = self._db.execute(
+            "SELECT chain, node_amount FROM receipts WHERE node_pubkey = ?"
+            " AND status = 'countersigned'", (node_pubkey,)).fetchall()
+        paid = self._db.execute(
+            "SELECT chain, amount FROM payouts WHERE node_pubkey = ? AND status <> 'failed'",
+            (node_pubkey,)).fetchall()
+        return earned, paid
+
+    def save_payout(self, payout: PayoutRecord) -> None:
+        """Record a payout (pending until its settlement reports)."""
+        self._db.execute(
+            "INSERT INTO payouts (id, node_pubkey, chain, address, amount, status, reference,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (payout.id, payout.node_pubkey, payout.chain, payout.address, payout.amount,
+             payout.status, payout.reference, payout.created_at))
+
+    def set_payout_status(self, payout_id: str, status: str, reference: str) -> None:
+        """Settle or fail a pending payout."""
+        self._db.execute("UPDATE payouts SET status = ?, reference = ? WHERE id = ?",
+                         (status, reference, payout_id))
+
+    def list_payouts(self, node_pubkey: str) -> list[PayoutRecord]:
+        """A node's payouts, newest first."""
+        rows = self._db.execute(
+            "SELECT id, node_pubkey, chain, address, amount, status, reference, created_at"
+            " FROM payouts WHERE node_pubkey = ? ORDER BY created_at DESC", (node_pubkey,)
+        ).fetchall()
+        return [PayoutRecord(*row) for row in rows]
 
     # --- peers --------------------------------------------------------------------------
 

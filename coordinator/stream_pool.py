@@ -78,7 +78,7 @@ class StreamPool:
                     self._sweep(trio.current_time())
         finally:
             self._nursery = None
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):  # bounded shutdown
                 for peer_id in list(self._idle):
                     await self._close_all(self._idle.pop(peer_id))
 

@@ -18,13 +18,15 @@ import trio
 
 from coordinator.app import create_app
 from coordinator.auth import TokenCache
-from coordinator.http_common import CoordinatorState
+from coordinator.http_common import CoordinatorState, node_key_lookup
 from coordinator.jobs import JobManager, JobSettings, LiveJob
+from coordinator.ledger import Ledger
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import HOUR, Limits, RateLimiter
 from coordinator.router import Router
 from coordinator.store import AsyncStore, Store
 from infernet.mesh.peer_table import PeerTable
+from infernet.protocol.auth import AuthVerifier
 from infernet.protocol.keys import SecretKey
 from tests.coordinator.fakes import FakeNodes
 
@@ -84,6 +86,7 @@ async def open_harness(
             table=table, store=astore, router=router, jobs=jobs, tokens=TokenCache(astore),
             limiter=limiter, metrics=metrics, peer_id="16Uiu2HAmCoordinator",
             bootstrap_addrs=lambda: ["/ip4/127.0.0.1/tcp/46338/p2p/16Uiu2HAmCoordinator"],
+            ledger=Ledger(astore), node_auth=AuthVerifier(node_key_lookup(table)),
             default_limits=limits or Limits(per_minute=10_000, per_hour=100_000),
             coordinator_pubkey=COORDINATOR_KEY.public_key.hex())
         metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,

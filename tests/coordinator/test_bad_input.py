@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.coordinator.fakes import MODEL
 from tests.coordinator.harness import Harness, open_harness
 
-ROUTES = ("/v1/chat/completions", "/api/v1/jobs")
+ROUTES = ("/v1/chat/completions", "/api/v1/jobs", "/api/v1/receipts")
 OK = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 

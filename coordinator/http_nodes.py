@@ -1,0 +1,134 @@
+"""Node-facing routes, signed with ``X-Infernet-Auth``: late receipts, balance, payouts.
+
+Owns: authenticating node requests with the protocol core's `AuthVerifier` (``specs/auth.md``:
+±30 s window, 5-minute nonce cache, replay / stale / future / tampered → 401) against the
+keys of nodes this coordinator knows from verified announcements, and the routes
+``POST /api/v1/receipts`` (a receipt the final frame did not carry), ``GET
+/api/v1/nodes/:id/balance`` and ``POST /api/v1/nodes/:id/payouts``
+(``specs/http-api.md`` §"Node API").
+
+Invariants: a node acts only for itself (the key that signed is the node the route names);
+the signed target is the raw request line, never a re-encoded URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Annotated, Any
+
+import msgspec
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from coordinator.http_common import ApiError, CoordinatorState, json_response, read_body
+from coordinator.job_api import normalize_node_id
+from coordinator.receipts import receipt_body
+from infernet.protocol.auth import AUTH_HEADER, AuthBusyError, AuthError
+from infernet.protocol.canonical import decode_record
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.receipt import MAX_RECEIPT_SIZE, Receipt, decode_signed_receipt
+
+__all__ = ["register"]
+
+
+class _ReceiptUpload(msgspec.Struct, forbid_unknown_fields=True):
+    receipt: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
+
+
+class _PayoutRequest(msgspec.Struct, forbid_unknown_fields=True):
+    chain: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+def _raw_target() -> str:
+    scope = request.scope
+    raw = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    target = raw + (b"?" + query if query else b"")
+    return target.decode("latin-1")
+
+
+async def _authenticate_node(state: CoordinatorState, node_id: str, body: bytes) -> None:
+    """Check ``X-Infernet-Auth`` for a request on behalf of ``node_id`` (hex).
+
+    Raises:
+        ApiError: ``unauthorized`` (401) for any failure, ``rate_limited`` when the nonce
+            cache is full.
+    """
+    try:
+        state.node_auth.verify(request.headers.get(AUTH_HEADER), key_id=node_id,
+                               method=request.method, target=_raw_target(), body=body,
+                               now=time.time())
+    except AuthBusyError as exc:
+        raise ApiError("rate_limited", str(exc)) from None
+    except AuthError as exc:
+        raise ApiError("unauthorized", str(exc)) from None
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
+        raise ApiError("bad_request", f"invalid request: {exc}") from None
+
+
+def _node_pubkey(node_id: str) -> str:
+    pubkey = normalize_node_id(node_id)
+    if pubkey is None:
+        raise ApiError("bad_request", "node id must be a node public key (hex or npub)")
+    return pubkey
+
+
+def register(app: QuartTrio, state: CoordinatorState) -> None:
+    """Add the node-facing routes to ``app``."""
+
+    @app.post("/api/v1/receipts")
+    async def submit_receipt() -> Response:
+        body = await read_body(state)
+        upload = _decode(body, _ReceiptUpload)
+        try:
+            signed = decode_signed_receipt(base64.b64decode(upload.receipt, validate=True))
+            stated = decode_record(signed.body, Receipt, max_size=MAX_RECEIPT_SIZE)
+        except (binascii.Error, ValueError, InfernetError) as exc:
+            raise ApiError("bad_request", f"not a signed receipt: {exc}") from None
+        await _authenticate_node(state, stated.node_pubkey, body)
+        try:
+            record, created = await state.jobs.accept_late_receipt(signed, stated)
+        except InfernetError as exc:
+            raise ApiError("bad_request", str(exc)) from None
+        return json_response(receipt_body(record, state.coordinator_pubkey),
+                             201 if created else 200)
+
+    @app.get("/api/v1/nodes/<node_id>/balance")
+    async def node_balance(node_id: str) -> Response:
+        pubkey = _node_pubkey(node_id)
+        await _authenticate_node(state, pubkey, await read_body(state))
+        balances = await state.ledger.balances(pubkey)
+        payouts = await state.ledger.payouts(pubkey)
+        return json_response({
+            "node_id": pubkey, "currency": "USDC",
+            "balances": {chain: _text(amount) for chain, amount in sorted(balances.items())},
+            "payouts": [{"id": p.id, "chain": p.chain, "address": p.address, "amount": p.amount,
+                         "status": p.status, "reference": p.reference,
+                         "created_at": int(p.created_at)} for p in payouts]})
+
+    @app.post("/api/v1/nodes/<node_id>/payouts")
+    async def node_payout(node_id: str) -> Response:
+        pubkey = _node_pubkey(node_id)
+        body = await read_body(state)
+        await _authenticate_node(state, pubkey, body)
+        ask = _decode(body, _PayoutRequest)
+        try:
+            payout = await state.ledger.pay_out(pubkey, ask.chain, ask.address)
+        except InfernetError as exc:
+            raise ApiError(exc.code, str(exc)) from None
+        return json_response({"id": payout.id, "node_id": pubkey, "chain": payout.chain,
+                              "address": payout.address, "amount": payout.amount,
+                              "currency": "USDC", "status": payout.status,
+                              "reference": payout.reference}, 201)
+
+
+def _text(amount: Any) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
