@@ -260,6 +260,10 @@ class EmbeddedEngine:
                 stdout=log_file,
                 stderr=log_file,
                 env=_child_env(),
+                # Its own session: a terminal Ctrl-C reaches the node, which drains its jobs on
+                # the engine before stopping it, instead of killing the engine mid-answer.
+                # (The child still exits when the node dies: it watches its parent pid.)
+                start_new_session=True,
             )
         return offset
 
