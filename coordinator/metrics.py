@@ -53,13 +53,24 @@ class Metrics:
                                  registry=r)
         self.jobs_running = Gauge("infernet_jobs_running", "Jobs holding a node slot",
                                   registry=r)
+        self.job_streams = Counter("infernet_job_streams",
+                                   "Job streams used, pre-opened (pooled) or opened on demand",
+                                   ["source"], registry=r)
+        self.job_streams_idle = Gauge("infernet_job_streams_idle",
+                                      "Pre-opened job streams waiting for a job", registry=r)
 
     def watch(self, nodes_online: Callable[[], float], queue_depth: Callable[[], float],
-              running: Callable[[], float]) -> None:
+              running: Callable[[], float], idle_streams: Callable[[], float] = lambda: 0
+              ) -> None:
         """Read the gauges from these callables at each scrape."""
         self.nodes_online.set_function(nodes_online)
         self.queue_depth.set_function(queue_depth)
         self.jobs_running.set_function(running)
+        self.job_streams_idle.set_function(idle_streams)
+
+    def stream_used(self, pooled: bool) -> None:
+        """Count a job stream by where it came from."""
+        self.job_streams.labels("pooled" if pooled else "opened").inc()
 
     def request(self, route: str, method: str, status: int) -> None:
         """Count one HTTP response."""

@@ -132,12 +132,12 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     metrics = Metrics()
     limiter = RateLimiter()
     limiter.seed(store.job_times_since(time.time() - HOUR))
-    streams = StreamPool(mesh)
+    streams = StreamPool(mesh, metrics=metrics)
     jobs = JobManager(astore, router, streams.open_job,
                       JobSettings(timeout=config.job_timeout,
                                   capacity_wait=config.capacity_wait), metrics, key=key)
     metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
-                  router.inflight)
+                  router.inflight, streams.idle)
 
     async def on_announcement(ann: Announcement, peer_id: str) -> None:
         connected = mesh.is_connected(peer_id)

@@ -29,6 +29,7 @@ from typing import Any, Final, cast
 import trio
 from trio_typing import TaskStatus
 
+from coordinator.metrics import Metrics
 from infernet.mesh.host import MeshHost
 from infernet.mesh.jobs import JOB_PROTOCOL, JobCall, open_job
 from infernet.protocol.errors import TransportError
@@ -57,8 +58,9 @@ class StreamPool:
     """Idle job streams per peer, refilled as jobs take them."""
 
     def __init__(self, mesh: MeshHost, *, max_per_peer: int = MAX_PER_PEER,
-                 max_idle: float = MAX_IDLE) -> None:
+                 max_idle: float = MAX_IDLE, metrics: Metrics | None = None) -> None:
         self._mesh = mesh
+        self._metrics = metrics
         self._max = max_per_peer
         self._max_idle = max_idle
         self._idle: dict[str, deque[tuple[Any, float]]] = {}
@@ -99,6 +101,8 @@ class StreamPool:
                                     read_timeout=read_timeout) as call:
                     entered = True
                     self.hits += 1
+                    if self._metrics:
+                        self._metrics.stream_used(pooled=True)
                     yield call
                 return
             except TransportError as exc:
@@ -107,6 +111,8 @@ class StreamPool:
                 # The pooled stream died while idle (writing the request failed): once more.
                 log.debug("pooled stream to %s failed (%s); opening a fresh one", peer_id, exc)
         self.misses += 1
+        if self._metrics:
+            self._metrics.stream_used(pooled=False)
         async with open_job(self._mesh, peer_id, request, read_timeout=read_timeout) as call:
             yield call
 
