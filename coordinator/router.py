@@ -13,7 +13,8 @@ Invariants:
 - No job goes to a node that has not announced the model in a verified announcement.
 - Every `Router.acquire` that returned is matched by exactly one `Router.release`.
 - Waiting jobs get slots in arrival order (per model); a node that refused for lack of
-  capacity is skipped for `BUSY_BACKOFF` seconds instead of being asked again at once.
+  capacity is skipped for `BUSY_BACKOFF` seconds, doubling while it keeps refusing, until
+  its next announcement.
 - Time is trio's clock (monotonic seconds) throughout.
 """
 
@@ -36,6 +37,7 @@ log = logging.getLogger("coordinator.router")
 
 ACCEPT_TIMEOUT: Final = 10.0
 BUSY_BACKOFF: Final = 0.5
+BUSY_BACKOFF_MAX: Final = 8.0
 FAILURE_WINDOW: Final = 300.0
 LATENCY_BUCKET_MS: Final = 50.0
 RECHECK_EVERY: Final = 0.25
@@ -99,6 +101,7 @@ class Router:
         self.table = table
         self._inflight: dict[str, int] = {}
         self._busy_until: dict[str, float] = {}
+        self._busy_streak: dict[str, int] = {}
         self._stats: dict[str, NodeStats] = {}
         self._waiters: deque[_Waiter] = deque()
 
@@ -190,8 +193,10 @@ class Router:
             waiter.event.set()
 
     def release(self, pubkey: str, *, busy: bool = False, failed: bool = False) -> None:
-        """Give back a slot; ``busy``: the node refused for lack of capacity; ``failed``:
-        it was unreachable or lost the job."""
+        """Give back a slot; ``busy``: the node refused for lack of capacity (each refusal
+        in a row doubles its pause, up to `BUSY_BACKOFF_MAX`: a draining node announces no
+        free slot only at its next announcement); ``failed``: it was unreachable or lost
+        the job."""
         now = trio.current_time()
         left = self._inflight.get(pubkey, 0) - 1
         if left > 0:
@@ -199,14 +204,31 @@ class Router:
         else:
             self._inflight.pop(pubkey, None)
         if busy:
-            self._busy_until[pubkey] = now + BUSY_BACKOFF
+            streak = self._busy_streak.get(pubkey, 0) + 1
+            self._busy_streak[pubkey] = streak
+            self._busy_until[pubkey] = now + min(BUSY_BACKOFF * 2 ** (streak - 1),
+                                                 BUSY_BACKOFF_MAX)
+        elif not failed:
+            self._busy_streak.pop(pubkey, None)
         if failed:
             self._stats_for(pubkey).failures.append(now)
         self._hand_out(now)
 
-    def notify(self) -> None:
-        """Capacity may have changed (an announcement arrived): serve the queue."""
-        self._hand_out(trio.current_time())
+    def notify(self, entry: PeerEntry | None = None) -> None:
+        """Capacity may have changed (``entry`` announced): serve the queue.
+
+        A node's own word replaces what its refusals suggested, except that a node running
+        none of our jobs yet announcing no free slot (draining, or busy with other clients)
+        is left alone for `BUSY_BACKOFF_MAX` seconds.
+        """
+        now = trio.current_time()
+        if entry is not None:
+            caps = entry.announcement.caps
+            self._busy_streak.pop(entry.pubkey, None)
+            self._busy_until.pop(entry.pubkey, None)
+            if caps.slots_free == 0 and not self._inflight.get(entry.pubkey):
+                self._busy_until[entry.pubkey] = now + BUSY_BACKOFF_MAX
+        self._hand_out(now)
 
     def queued(self) -> int:
         """Jobs waiting for a slot now."""

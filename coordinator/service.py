@@ -146,7 +146,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
                      ", ".join(m.name for m in ann.caps.models) or "no models")
             astore.write_nowait(store.save_peer, PeerRecord(
                 ann.pubkey.hex(), peer_id, encode_event(ann.event).decode(), time.time()))
-            router.notify()
+            router.notify(table.get(ann.pubkey.hex()))
 
     async def on_disconnect(peer_id: str) -> None:
         streams.drop(peer_id)
