@@ -40,6 +40,9 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from infernet.protocol import pricing
+from infernet.protocol.pricing import DEFAULT_MODELS, EMBEDDED_MODEL, VramTier
+
 __all__ = [
     "DEFAULT_MODELS",
     "EMBEDDED_DEFAULT_MODEL",
@@ -59,25 +62,14 @@ __all__ = [
 
 log = logging.getLogger("infernet.node.hardware")
 
-VramTier = Literal[">=48gb", ">=24gb", ">=12gb", ">=8gb", "cpu"]
 GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
 CommandRunner = Callable[[Sequence[str]], str]
 
+# The tier table and the default model per tier are protocol facts (infernet.protocol.pricing);
+# this module only measures the machine.
+EMBEDDED_DEFAULT_MODEL: Final = EMBEDDED_MODEL
+_MIB: Final = 1024**2
 _GIB: Final = 1024**3
-_TIER_FLOORS_GIB: Final[tuple[tuple[VramTier, int], ...]] = (
-    (">=48gb", 48),
-    (">=24gb", 24),
-    (">=12gb", 12),
-    (">=8gb", 8),
-)
-DEFAULT_MODELS: Final[dict[VramTier, str]] = {
-    ">=48gb": "qwen2.5:72b",
-    ">=24gb": "qwen2.5:14b",
-    ">=12gb": "qwen2.5:7b",
-    ">=8gb": "qwen2.5:7b",
-    "cpu": "qwen2.5:1.5b",
-}
-EMBEDDED_DEFAULT_MODEL: Final = "gemma3-270m"  # = infernet.backends.embedded.EMBEDDED_MODEL
 _APPLE_UNIFIED_SHARE: Final = 0.75
 COMMAND_TIMEOUT: Final = 5.0
 _NVIDIA_SMI: Final = (
@@ -166,19 +158,14 @@ class HardwareInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def vram_tier(vram_bytes: int) -> VramTier:
-    """The tier for ``vram_bytes`` of VRAM: a card counts from 95 % of its nominal GiB."""
-    for tier, floor_gib in _TIER_FLOORS_GIB:
-        if vram_bytes * 100 >= floor_gib * _GIB * 95:
-            return tier
-    return "cpu"
+    """The tier for ``vram_bytes`` of VRAM (`infernet.protocol.pricing.vram_tier`)."""
+    return pricing.vram_tier(vram_bytes // _MIB)
 
 
 def default_model(tier: VramTier, *, engine: str | None) -> str:
     """The model a fresh node on ``tier`` serves: the tier's Ollama default, or, on a CPU
     node without an engine (``engine`` None or ``"embedded"``), the embedded model."""
-    if tier == "cpu" and engine in (None, "embedded"):
-        return EMBEDDED_DEFAULT_MODEL
-    return DEFAULT_MODELS[tier]
+    return pricing.default_model(tier, engine=None if engine == "embedded" else engine)
 
 
 def run_command(command: Sequence[str]) -> str:
