@@ -132,7 +132,10 @@ async def serve_job_stream(stream: Any, runner: JobRunner) -> None:
             except Exception as write_exc:
                 log.debug("could not report protocol error: %s", write_exc)
     except (TransportError, LocalProtocolError) as exc:
-        log.warning("job %s from %s: %s", js.job_id, peer, exc)
+        if js.job_id is None:  # a pre-opened stream closed or recycled before any request
+            log.debug("idle job stream from %s ended: %s", peer, exc)
+        else:
+            log.warning("job %s from %s: %s", js.job_id, peer, exc)
     finally:
         await (_close(stream) if ok else _abort(stream))
 
