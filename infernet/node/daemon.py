@@ -23,7 +23,7 @@ from trio_typing import TaskStatus
 from infernet.backends.base import Backend
 from infernet.backends.inventory import Inventory, build_inventory, watch_served_models
 from infernet.backends.select import open_backend
-from infernet.mesh.bootstrap import keep_connected
+from infernet.mesh.bootstrap import bootstrap_from_coordinator, keep_connected
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
@@ -208,6 +208,8 @@ async def run_node(
                 nursery.start_soon(_follow_served_models, home, served, executor)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
+                if config.coordinator_url:
+                    nursery.start_soon(bootstrap_from_coordinator, mesh, config.coordinator_url)
                 if config.mdns:
                     await nursery.start(MdnsDiscovery(mesh).serve)
                 info = NodeInfo(

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL, Launcher, Network, start_coordinator
+from tests.integration.conftest import BIN, MODEL, Launcher, Network, start_coordinator
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +136,14 @@ def test_no_node_means_no_capacity(launcher: Launcher) -> None:
             model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert exc.value.status_code == 503
     assert exc.value.body["code"] == "no_capacity"  # type: ignore[index]
+
+
+def test_a_node_finds_the_mesh_from_the_coordinator_url_alone(launcher: Launcher) -> None:
+    net = start_coordinator(launcher)
+    home = launcher.root / "url-node"
+    launcher.run([str(BIN / "infernet"), "init"], home)
+    launcher.spawn("url-node", [str(BIN / "infernet"), "start", "--host", "127.0.0.1",
+                                "--port", "0"], home, INFERNET_COORDINATOR_URL=net.api)
+    net.wait_for_model()  # no --bootstrap: the addresses came from GET /api/v1/bootstrap
+    with _client(net) as client:
+        assert [m.id for m in client.models.list().data] == [MODEL]
