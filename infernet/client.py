@@ -19,9 +19,14 @@ from httpx_sse import aconnect_sse
 
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import open_job
+from infernet.protocol.e2e import ChunkOpener, seal_request, session_key
 from infernet.protocol.errors import ERRORS, ErrorCode, InfernetError, JobFailed
 from infernet.protocol.frames import JobRequest, Message
-from infernet.protocol.keys import SecretKey
+from infernet.protocol.keys import (
+    SecretKey,
+    peer_id_from_base58,
+    public_key_from_peer_id_bytes,
+)
 
 __all__ = ["ChatResult", "PeerClient", "coordinator_chat", "open_peer_client"]
 
@@ -60,8 +65,12 @@ class PeerClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         read_timeout: float = 60.0,
+        encrypt: bool = False,
     ) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it arrives; then ``self.result`` holds the usage.
+
+        ``encrypt`` seals the prompt and every chunk end to end between this client's key
+        and the node's (NIP-44, specs/job-protocol.md §8): relays see only ciphertext.
 
         Raises:
             JobFailed: the node refused or failed the job (``code`` says why).
@@ -70,10 +79,16 @@ class PeerClient:
         request = JobRequest(job_id=secrets.token_hex(12), model=model,
                              messages=_messages(prompt), max_tokens=max_tokens,
                              temperature=temperature, client_pubkey=self.key.public_key.hex())
+        opener = None
+        if encrypt:
+            node = public_key_from_peer_id_bytes(peer_id_from_base58(self.peer_id))
+            request = seal_request(request, client_key=self.key, recipient=node,
+                                   nonce=secrets.token_bytes(32))
+            opener = ChunkOpener(session_key(self.key, node), request.job_id).open
         parts: list[str] = []
         async with open_job(self.mesh, self.peer_id, request, read_timeout=read_timeout) as call:
             accepted = await call.accepted(read_timeout)
-            async with aclosing(call.chunks()) as chunks:
+            async with aclosing(call.chunks(opener)) as chunks:
                 async for text in chunks:
                     parts.append(text)
                     yield text

@@ -36,6 +36,8 @@ def add_chat_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     where.add_argument("--coordinator", metavar="URL", help="a coordinator's base URL")
     chat.add_argument("--token", help="coordinator API token (default $INFERNET_TOKEN)")
     chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--e2e", action="store_true",
+                      help="with --peer: seal the prompt and the answer end to end (NIP-44)")
     chat.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
 
@@ -67,13 +69,17 @@ async def run_chat(args: argparse.Namespace) -> int:
     if args.peer:
         async with open_peer_client(args.peer) as client:
             async with aclosing(client.stream_chat(args.model or DEFAULT_PEER_MODEL, args.prompt,
-                                                   max_tokens=args.max_tokens)) as stream:
+                                                   max_tokens=args.max_tokens,
+                                                   encrypt=args.e2e)) as stream:
                 async for text in stream:
                     emit(text)
             if client.result is None:
                 raise InfernetError("the node sent no result")
             _finish(client.result, args.json)
         return 0
+    if args.e2e:
+        raise InfernetError("--e2e needs --peer: sealed jobs go straight to a node",
+                            code="bad_request")
     url = args.coordinator or os.environ.get("INFERNET_COORDINATOR", "http://127.0.0.1:8080")
     token = args.token or os.environ.get("INFERNET_TOKEN", "")
     if not token:

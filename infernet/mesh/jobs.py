@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 
 import trio
@@ -196,17 +196,36 @@ class JobCall:
         self.accepted_frame = frame
         return frame
 
-    async def chunks(self) -> AsyncGenerator[str, None]:
-        """Yield text chunks until the final frame (then stored in ``self.final``).
+    async def chunks(
+        self, opener: Callable[[Chunk], str] | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Yield text until the final frame (then stored in ``self.final``); ``opener``
+        decrypts end-to-end sealed chunks (`infernet.protocol.e2e.ChunkOpener.open`).
 
         Raises:
             JobFailed: the node reported an error mid-stream.
             TransportError: the node died or went silent (code node_disconnected/timeout).
+            RemoteProtocolError: a sealed chunk without an opener, or one that fails to open.
+        """
+        async with aclosing(self.chunk_frames()) as frames:
+            async for frame in frames:
+                if not frame.encrypted:
+                    yield frame.text
+                elif opener is None:
+                    raise RemoteProtocolError("the node sent a sealed chunk to a clear request")
+                else:
+                    yield opener(frame)
+
+    async def chunk_frames(self) -> AsyncGenerator[Chunk, None]:
+        """Yield chunk frames as they arrive (a relay forwards them unopened).
+
+        Raises:
+            JobFailed, TransportError: as `chunks`.
         """
         while True:
             frame = await _read_frame(self._stream, self._js, self._read_timeout)
             if isinstance(frame, Chunk):
-                yield frame.text
+                yield frame
             elif isinstance(frame, FinalFrame):
                 self.final = frame
                 return

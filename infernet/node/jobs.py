@@ -14,6 +14,7 @@ with whatever text has accumulated meanwhile).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Final
 
@@ -22,6 +23,7 @@ import trio
 from infernet.backends.base import Backend, ChatMessage, ChatRequest, TextDelta, Usage
 from infernet.mesh.jobs import SendFrame
 from infernet.node.relay import Relay
+from infernet.protocol.e2e import ChunkSealer, E2EError, open_request, session_key
 from infernet.protocol.errors import BackendError, InfernetError
 from infernet.protocol.frames import (
     Accepted,
@@ -30,7 +32,7 @@ from infernet.protocol.frames import (
     JobErrorFrame,
     JobRequest,
 )
-from infernet.protocol.keys import SecretKey
+from infernet.protocol.keys import PublicKey, SecretKey
 from infernet.protocol.pricing import Chain, job_value, rates_for_model
 from infernet.protocol.receipt import (
     Receipt,
@@ -108,6 +110,14 @@ class JobExecutor:
                 job_id=job, code="model_not_found",
                 message=f"this node does not serve {request.model!r} (it serves: {served})"))
             return
+        sealer: ChunkSealer | None = None
+        if request.encrypted:
+            try:
+                request, sealer = self._open(request)
+            except E2EError as exc:
+                log.warning("job %s from %s: sealed request refused: %s", job, peer, exc)
+                await send(JobErrorFrame(job_id=job, code=exc.code, message=str(exc)))
+                return
         try:
             self.limiter.acquire_on_behalf_of_nowait(job)
         except trio.WouldBlock:
@@ -115,13 +125,28 @@ class JobExecutor:
             await send(JobErrorFrame(job_id=job, code="no_capacity", message="all slots are busy"))
             return
         try:
-            log.info("job %s from %s accepted (model %s)", job, peer, request.model)
+            log.info("job %s from %s accepted (model %s%s)", job, peer, request.model,
+                     ", end-to-end sealed" if sealer else "")
             await send(Accepted(job_id=job, node_pubkey=self.node_pubkey, model=request.model))
-            await self._generate(request, send)
+            await self._generate(request, send, sealer)
         finally:
             self.limiter.release_on_behalf_of(job)
 
-    async def _generate(self, request: JobRequest, send: SendFrame) -> None:
+    def _open(self, request: JobRequest) -> tuple[JobRequest, ChunkSealer]:
+        """Open a request sealed to this node; return it and the sealer for its chunks.
+
+        Raises:
+            E2EError: this node has no key, or the request does not open (bad_request).
+        """
+        if self.key is None:
+            raise E2EError("this node cannot open sealed requests")
+        plain = open_request(request, recipient_key=self.key)
+        client = PublicKey.from_hex(plain.client_pubkey)  # open_request checked it
+        return plain, ChunkSealer(session_key(self.key, client), plain.job_id)
+
+    async def _generate(
+        self, request: JobRequest, send: SendFrame, sealer: ChunkSealer | None = None
+    ) -> None:
         job = request.job_id
         start = time.perf_counter()
         first: float | None = None
@@ -138,7 +163,8 @@ class JobExecutor:
                     if text:
                         first = first or time.perf_counter()
                         output.append(text)
-                        await send(Chunk(job_id=job, text=text))
+                        await send(sealer.seal(text, secrets.token_bytes(32)) if sealer
+                                   else Chunk(job_id=job, text=text))
                     if end is not None:
                         break
             nursery.cancel_scope.cancel()

@@ -23,7 +23,7 @@ from infernet.mesh.jobs import SendFrame
 from infernet.mesh.peer_table import PeerTable
 from infernet.mesh.routing import dispatch
 from infernet.protocol.errors import InfernetError, TransportError
-from infernet.protocol.frames import Chunk, JobErrorFrame, JobRequest
+from infernet.protocol.frames import JobErrorFrame, JobRequest
 
 __all__ = ["MAX_RELAYS", "Relay"]
 
@@ -65,10 +65,11 @@ class Relay:
                     accepted_sent = True
                 streamed = False
                 try:
-                    async with aclosing(call.chunks()) as chunks:
-                        async for text in chunks:
+                    # Frames pass through unopened: sealed chunks stay sealed end to end.
+                    async with aclosing(call.chunk_frames()) as chunks:
+                        async for chunk in chunks:
                             streamed = True
-                            await send(Chunk(job_id=job, text=text))
+                            await send(chunk)
                 except TransportError as exc:
                     if streamed:
                         raise
