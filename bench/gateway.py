@@ -16,40 +16,21 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from bench._procs import free_port, poll
 from infernet.backends.base import ChatMessage, ChatRequest
 from infernet.backends.qa_prompt import format_qa_prompt
 
 BIN = Path(sys.executable).parent
 QUESTION = "What is the capital of France?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _poll(fn: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if result := fn():
-                return result
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def _timed_stream(client: httpx.Client, url: str, body: dict[str, object],
@@ -92,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         token = subprocess.run([str(BIN / "infernet-coordinator"), "--data-dir", str(data),
                                 "token", "create", "--name", "bench"], env=env_c, check=True,
                                capture_output=True, text=True).stdout.strip()
-        http_port, p2p_port = _free_port(), _free_port()
+        http_port, p2p_port = free_port(), free_port()
         with (root / "coordinator.log").open("wb") as log:
             procs.append(subprocess.Popen(
                 [str(BIN / "infernet-coordinator"), "--data-dir", str(data), "serve",
                  "--http-port", str(http_port), "--p2p-host", "127.0.0.1",
                  "--p2p-port", str(p2p_port)], env=env_c, stdout=log, stderr=log))
         api = f"http://127.0.0.1:{http_port}"
-        health = _poll(lambda: httpx.get(f"{api}/health").json(), 30, "coordinator")
+        health = poll(lambda: httpx.get(f"{api}/health").json(), 30, "coordinator")
         assert isinstance(health, dict)
         nhome = root / "n"
         env_n = {**env, "INFERNET_HOME": str(nhome)}
@@ -117,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             data = httpx.get(f"{api}/v1/models", headers=auth).json().get("data", [])
             return bool(data)
 
-        _poll(model_ready, 120, "the node's model")
+        poll(model_ready, 120, "the node's model")
         engine = re.search(r"url=(http://127\.0\.0\.1:\d+)", node_log.read_text())
         assert engine, "engine url not in node log"
         prompt = format_qa_prompt(ChatRequest(model="gemma3-270m", messages=(

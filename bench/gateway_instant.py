@@ -22,12 +22,10 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,27 +33,11 @@ import h11
 import httpx
 import trio
 
+from bench._procs import free_port, poll
+
 BIN = Path(sys.executable).parent
 _CONTENT = re.compile(rb'"content":"[^"]')
 _LEVELS = (1, 16, 64)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _poll(fn: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if result := fn():
-                return result
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.1)  # polling a subprocess that is starting up
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -190,11 +172,11 @@ class _Procs:
 
 
 def _start(procs: _Procs, litellm: str | None, tokens: int) -> list[Path_]:
-    engine_port = _free_port()
+    engine_port = free_port()
     procs.spawn("engine", [sys.executable, "-m", "bench.gateway_engine", "--port",
                            str(engine_port), "--tokens", str(tokens)])
     engine = f"http://127.0.0.1:{engine_port}"
-    _poll(lambda: httpx.get(f"{engine}/health").status_code == 200, 30, "the instant engine")
+    poll(lambda: httpx.get(f"{engine}/health").status_code == 200, 30, "the instant engine")
 
     chome = procs.root / "c"
     data = chome / "coordinator"
@@ -202,13 +184,13 @@ def _start(procs: _Procs, litellm: str | None, tokens: int) -> list[Path_]:
     token = subprocess.run([str(BIN / "infernet-coordinator"), "--data-dir", str(data), "token",
                             "create", "--name", "bench"], env={**procs.env, **env_c},
                            check=True, capture_output=True, text=True).stdout.strip()
-    http_port, p2p_port = _free_port(), _free_port()
+    http_port, p2p_port = free_port(), free_port()
     procs.spawn("coordinator", [
         str(BIN / "infernet-coordinator"), "--data-dir", str(data), "serve", "--http-port",
         str(http_port), "--p2p-host", "127.0.0.1", "--p2p-port", str(p2p_port),
         "--rpm", "100000000", "--rph", "100000000"], **env_c)
     api = f"http://127.0.0.1:{http_port}"
-    health = _poll(lambda: httpx.get(f"{api}/health").json(), 30, "the coordinator")
+    health = poll(lambda: httpx.get(f"{api}/health").json(), 30, "the coordinator")
     assert isinstance(health, dict)
     nhome = procs.root / "n"
     env_n = {"INFERNET_HOME": str(nhome), "INFERNET_BACKEND": "llamacpp",
@@ -220,19 +202,19 @@ def _start(procs: _Procs, litellm: str | None, tokens: int) -> list[Path_]:
                          "--bootstrap",
                          f"/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{health['peer_id']}"], **env_n)
     auth = {"Authorization": f"Bearer {token}"}
-    _poll(lambda: httpx.get(f"{api}/v1/models", headers=auth).json().get("data"), 60,
+    poll(lambda: httpx.get(f"{api}/v1/models", headers=auth).json().get("data"), 60,
           "the node's model at the coordinator")
     paths = [Path_("direct", f"{engine}/v1", "instant"),
              Path_("infernet", f"{api}/v1", "instant", auth)]
     if litellm:
-        lport = _free_port()
+        lport = free_port()
         master = "sk-" + secrets.token_hex(32)  # LiteLLM refuses to start without one
         procs.spawn("litellm", [litellm, "--model", "openai/instant", "--api_base",
                                 f"{engine}/v1", "--port", str(lport), "--num_workers", "1"],
                     OPENAI_API_KEY="sk-upstream", LITELLM_MASTER_KEY=master,
                     LITELLM_LOG="ERROR")
         lurl = f"http://127.0.0.1:{lport}"
-        _poll(lambda: httpx.get(f"{lurl}/health/liveliness").status_code == 200, 120,
+        poll(lambda: httpx.get(f"{lurl}/health/liveliness").status_code == 200, 120,
               "LiteLLM's proxy")
         paths.append(Path_("litellm", f"{lurl}/v1", "instant",
                            {"Authorization": f"Bearer {master}"}))
