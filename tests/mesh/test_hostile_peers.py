@@ -19,6 +19,7 @@ from infernet.node.jobs import JobExecutor
 from infernet.protocol.announce import Announcement
 from infernet.protocol.errors import JobFailed
 from infernet.protocol.frames import JobRequest, Message
+from infernet.protocol.job_stream import JobStream
 from infernet.protocol.keys import SecretKey
 from tests.node.test_jobs import FakeEngine
 
@@ -122,3 +123,34 @@ async def test_a_peer_flooding_garbage_gossip_is_cut_off() -> None:
         assert gossip.dropped_peers == 1
         assert seen == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_never_reads_loses_its_stream_and_others_keep_being_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The job's answer (~600 KB) is more than yamux's 256 KB window. Whether the node's
+    # writes stall (then yamux gives up after 5 s without a window update, before our own
+    # 30 s write timeout, and the stream is reset) or the sloth's muxer keeps buffering
+    # what it never reads, the node must free the slot and keep serving everyone else.
+    caplog.set_level(logging.INFO, logger="infernet")
+    executor = JobExecutor(FakeEngine(), {"m"}, 2, "pk")
+    async with open_host(_key(), listen_host="127.0.0.1", port=0) as node, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as sloth, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as client:
+        _serve(node, executor)
+        await sloth.connect(node.listen_addrs()[0])
+        await client.connect(node.listen_addrs()[0])
+        stream = await sloth.new_stream(node.peer_id, JOB_PROTOCOL)
+        await stream.write(JobStream("client").send(_request(0, "ab " * 200_000)))
+        with trio.fail_after(10):  # the sloth's job holds one slot...
+            while executor.free_slots == 2:  # noqa: ASYNC110 (polling a counter)
+                await trio.sleep(0.01)
+        assert await _answer(client, node, 1) == "a b c "  # ...the other slot still serves
+        with trio.fail_after(20):  # and the stalled stream is given up, freeing its slot
+            while executor.free_slots < 2:  # noqa: ASYNC110 (polling a counter)
+                await trio.sleep(0.05)
+        ends = [r.getMessage() for r in caplog.records if "job j0" in r.getMessage()
+                and ("write" in r.getMessage() or "done" in r.getMessage())]
+        assert len(ends) == 1, ends
+        assert await _answer(client, node, 2) == "a b c "
+        await stream.reset()
