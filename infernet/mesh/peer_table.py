@@ -1,7 +1,8 @@
 """The table of known peers, keyed by node pubkey, fed only by verified announcements.
 
-Owns: each peer's latest announcement, its peer id, when it was last heard from, and whether
-a connection to it is open. Time is an argument (monotonic seconds) so the rules are testable.
+Owns: each peer's latest announcement, its peer id, when it was last heard from, whether
+a connection to it is open, its measured RTT and its recent job outcomes (bounded). Time is
+an argument (monotonic seconds) so the rules are testable.
 
 Invariants: an entry exists only for a verified announcement; a peer is online while a
 connection is open and its last announcement is younger than ``offline_after`` (90 s);
@@ -10,14 +11,17 @@ an older announcement (by ``created_at``) never replaces a newer one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Final
 
 from infernet.protocol.announce import Announcement
 
-__all__ = ["OFFLINE_AFTER", "PeerEntry", "PeerTable"]
+__all__ = ["FAILURE_WINDOW", "OFFLINE_AFTER", "OUTCOMES_KEPT", "PeerEntry", "PeerTable"]
 
 OFFLINE_AFTER: Final = 90.0
+FAILURE_WINDOW: Final = 300.0  # failures older than this no longer count against a peer
+OUTCOMES_KEPT: Final = 32
 
 
 @dataclass(slots=True)
@@ -30,6 +34,13 @@ class PeerEntry:
     last_seen: float
     connected: bool = True
     rtt_ms: float | None = None
+    # (monotonic time, succeeded) of the latest jobs sent to this node, newest last.
+    outcomes: deque[tuple[float, bool]] = field(
+        default_factory=lambda: deque(maxlen=OUTCOMES_KEPT))
+
+    def failures(self, now: float, window: float = FAILURE_WINDOW) -> int:
+        """Jobs this node failed (refused, unreachable, died) within ``window`` seconds."""
+        return sum(1 for t, ok in self.outcomes if not ok and now - t < window)
 
     def serves(self, model: str) -> bool:
         """True when the node's latest announcement offers ``model``."""
@@ -49,9 +60,19 @@ class PeerTable:
         entry = self._entries.get(key)
         if entry is not None and entry.announcement.event.created_at > ann.event.created_at:
             return False
-        rtt = entry.rtt_ms if entry is not None and entry.peer_id == peer_id else None
-        self._entries[key] = PeerEntry(key, peer_id, ann, now, connected, rtt)
+        same = entry is not None and entry.peer_id == peer_id
+        rtt = entry.rtt_ms if entry is not None and same else None
+        new = PeerEntry(key, peer_id, ann, now, connected, rtt)
+        if entry is not None:
+            new.outcomes = entry.outcomes  # what a node did survives its re-announcements
+        self._entries[key] = new
         return True
+
+    def record_outcome(self, pubkey: str, ok: bool, now: float) -> None:
+        """Remember whether a job sent to ``pubkey`` succeeded (unknown peers are ignored)."""
+        entry = self._entries.get(pubkey)
+        if entry is not None:
+            entry.outcomes.append((now, ok))
 
     def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
         """Record a measured round-trip time to ``peer_id``."""

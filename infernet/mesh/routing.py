@@ -2,7 +2,8 @@
 
 Owns: the candidate list for a model (online nodes that announce it — with the pinned
 weights hash and under the price cap when the request sets them — most free slots first,
-then lowest measured RTT, remaining ties broken at random so load spreads), and
+then fewest recent failures, then lowest measured RTT, remaining ties broken at random so
+load spreads), and
 `dispatch`, which opens the job on the first candidate that accepts. A refusal, an
 unreachable node or a missing ``accepted`` within `ACCEPT_TIMEOUT` moves on to the next
 candidate. Used by nodes that relay jobs for models they do not serve.
@@ -48,10 +49,11 @@ def _fits(entry: PeerEntry, model: str, weights_hash: str, max_price: float | No
     return max_price is None or offer.price_per_1k_output <= max_price
 
 
-def _score(entry: PeerEntry) -> tuple[int, float]:
-    # Most free slots first; among equals the nearest (measured RTT; unmeasured last).
+def _score(entry: PeerEntry, now: float) -> tuple[int, int, float]:
+    # Most free slots first; then the fewest recent failures; then the nearest (measured
+    # RTT; unmeasured last).
     rtt = entry.rtt_ms if entry.rtt_ms is not None else float("inf")
-    return -entry.announcement.caps.slots_free, rtt
+    return -entry.announcement.caps.slots_free, entry.failures(now), rtt
 
 
 def candidates(
@@ -86,7 +88,7 @@ def candidates(
         raise InfernetError(f"every node serving {model!r} charges more than {max_price}",
                             code="no_capacity")
     random.shuffle(affordable)  # the sort below is stable: equal nodes stay in random order
-    affordable.sort(key=_score)
+    affordable.sort(key=lambda e: _score(e, now))
     return affordable
 
 
@@ -121,6 +123,8 @@ async def dispatch(
                 raise
             log.info("job %s: node %s unavailable (%s: %s); trying next",
                      request.job_id, entry.pubkey[:12], exc.code, exc)
+            if not (isinstance(exc, JobFailed) and exc.code == "no_capacity"):
+                table.record_outcome(entry.pubkey, False, now)  # busy is not broken
             last = exc
             continue
         except BaseException:

@@ -71,6 +71,7 @@ class Relay:
                             streamed = True
                             await send(chunk)
                 except TransportError as exc:
+                    self.table.record_outcome(entry.pubkey, False, trio.current_time())
                     if streamed:
                         raise
                     log.warning("job %s: %s lost before its first token (%s); re-routing",
@@ -80,6 +81,7 @@ class Relay:
                 if final is None:  # chunks() returns only after a final frame
                     raise InfernetError("upstream ended without a final frame")
                 await send(final)  # same job id: the frame passes through unchanged
+                self.table.record_outcome(entry.pubkey, True, trio.current_time())
                 self.relayed += 1
                 return
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from infernet.mesh.peer_table import PeerTable
+from infernet.mesh.peer_table import FAILURE_WINDOW, OUTCOMES_KEPT, PeerTable
 from infernet.mesh.routing import candidates
 from infernet.protocol.announce import (
     Capabilities,
@@ -44,6 +44,30 @@ def test_most_free_slots_first_then_lowest_rtt() -> None:
     unmeasured = _add(table, slots=2)
     order = [e.pubkey for e in candidates(table, "m", 1.0)]
     assert order == [near, far, unmeasured, busy]
+
+
+def test_recent_failures_rank_a_node_after_healthy_ones_until_they_age_out() -> None:
+    table = PeerTable(offline_after=1e9)  # only the failure window's ageing is tested here
+    flaky = _add(table, slots=2, rtt=1)
+    steady = _add(table, slots=2, rtt=50)
+    table.record_outcome(flaky, False, 10.0)
+    table.record_outcome(steady, True, 10.0)
+    assert [e.pubkey for e in candidates(table, "m", 11.0)] == [steady, flaky]
+    assert [e.pubkey for e in candidates(table, "m", 10.0 + FAILURE_WINDOW)] == [flaky, steady]
+
+
+def test_outcomes_survive_a_re_announcement_and_stay_bounded() -> None:
+    table = PeerTable()
+    pub = _add(table)
+    for i in range(100):
+        table.record_outcome(pub, False, float(i))
+    entry = table.get(pub)
+    assert entry is not None and entry.failures(100.0) == OUTCOMES_KEPT
+    table.update(entry.announcement, entry.peer_id, 101.0, connected=True)
+    again = table.get(pub)
+    assert again is not None and again is not entry and again.failures(101.0) == OUTCOMES_KEPT
+    table.record_outcome("unknown", False, 1.0)  # a peer we never heard of: nothing to keep
+    assert table.get("unknown") is None
 
 
 def test_weights_pin_and_price_cap() -> None:

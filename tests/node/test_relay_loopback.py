@@ -136,4 +136,9 @@ async def test_a_relay_replaces_a_node_lost_before_its_first_token() -> None:
         assert opened, "the failing node was never tried"
         assert text == "still answered "
         assert relay.relayed == 1
+        # The peer table remembers who failed: the next job goes to the good node first.
+        now = trio.current_time()
+        bad_entry, good_entry = (table.get(k.public_key.hex()) for k in (key_bad, key_good))
+        assert bad_entry is not None and bad_entry.failures(now) == 1
+        assert good_entry is not None and list(good_entry.outcomes)[-1][1] is True
         nursery.cancel_scope.cancel()
