@@ -12,6 +12,7 @@ Modules:
 - ``embedded``, ``embedded_server``, ``qa_prompt``: the embedded llama.cpp engine and its
   base-model prompt template; ``supervisor``: restarts it with backoff.
 - ``fit``: the VRAM rule of thumb; ``inventory``: served models, weights hashes.
+- ``catalog``: the well-known models (size, tier, name per engine) and `recommend`.
 - ``transport``: httpx failures → `BackendError` codes.
 
 Nothing is imported here, so importing one adapter does not load the others.
