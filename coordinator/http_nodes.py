@@ -3,7 +3,8 @@
 Owns: authenticating node requests with the protocol core's `AuthVerifier` (``specs/auth.md``:
 ±30 s window, 5-minute nonce cache, replay / stale / future / tampered → 401) against the
 keys of nodes this coordinator knows from verified announcements, and the routes
-``POST /api/v1/receipts`` (a receipt the final frame did not carry), ``GET
+``POST /api/v1/receipts`` (a node's receipt: countersigned when this coordinator routed the
+job, kept ``unwitnessed`` when it did not), ``GET
 /api/v1/nodes/:id/balance`` and ``POST /api/v1/nodes/:id/payouts``
 (``specs/http-api.md`` §"Node API").
 
@@ -24,7 +25,7 @@ from quart_trio import QuartTrio
 
 from coordinator.http_common import ApiError, CoordinatorState, json_response, read_body
 from coordinator.job_api import normalize_node_id
-from coordinator.receipts import receipt_body
+from coordinator.receipts import ReceiptNotReady, receipt_body
 from infernet.protocol.auth import AUTH_HEADER, AuthBusyError, AuthError
 from infernet.protocol.canonical import decode_record
 from infernet.protocol.errors import InfernetError
@@ -96,8 +97,12 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         await _authenticate_node(state, stated.node_pubkey, body)
         try:
             record, created = await state.jobs.accept_late_receipt(signed, stated)
+        except ReceiptNotReady as exc:
+            raise ApiError("bad_request", str(exc), status=409) from None
         except InfernetError as exc:
             raise ApiError("bad_request", str(exc)) from None
+        if record.status == "unwitnessed":  # stored, not countersigned: nothing to pay
+            return json_response(receipt_body(record, state.coordinator_pubkey), 202)
         return json_response(receipt_body(record, state.coordinator_pubkey),
                              201 if created else 200)
 

@@ -37,10 +37,12 @@ from trio_typing import TaskStatus
 from coordinator.metrics import Metrics
 from coordinator.receipts import (
     JobFacts,
+    ReceiptNotReady,
     ReceiptRecord,
     ReceiptRejected,
     check_and_countersign,
     rejected_record,
+    unwitnessed_record,
 )
 from coordinator.router import ACCEPT_TIMEOUT, Router
 from coordinator.store import JobRecord, Store
@@ -543,15 +545,25 @@ class JobManager:
 
     async def accept_late_receipt(self, signed: SignedReceipt,
                                   stated: Receipt) -> tuple[ReceiptRecord, bool]:
-        """Check a receipt a node sends after its job (its final frame had none) against the
-        stored job, countersign and store it. Returns (record, newly stored).
+        """Check a receipt a node sends after its job against the stored job, countersign and
+        store it. Returns (record, newly stored).
+
+        A receipt for a job this coordinator never routed (the node served it over the mesh)
+        is stored ``unwitnessed``: signature and value checked, never countersigned or paid.
 
         Raises:
-            InfernetError: ``bad_request`` — no completed job by that id served by the
-                signer, the job already has another receipt, or the receipt does not match
-                (then it is stored as rejected) or does not verify.
+            ReceiptNotReady: the job is still running here (the node should retry).
+            InfernetError: ``bad_request`` — the job ended otherwise or on another node, it
+                already has another receipt, or the receipt does not match (then it is
+                stored as rejected) or does not verify.
         """
+        live = self.get(stated.job_id)
+        if live is not None and live.status in ("pending", "processing"):
+            raise ReceiptNotReady(f"job {stated.job_id!r} has not ended yet; send the "
+                                  "receipt again later")
         rec = await self.store.read(Store.get_job, stated.job_id)
+        if rec is None and live is None:
+            return await self._unwitnessed(signed)
         if rec is None or rec.status != "completed" or rec.node_pubkey != stated.node_pubkey:
             raise InfernetError(f"no completed job {stated.job_id!r} served by this node",
                                 code="bad_request")
@@ -584,6 +596,23 @@ class JobManager:
             live.receipt_id = record.id
         log.info("job %s: late receipt %s from node %s countersigned", rec.id, record.id[:12],
                  stated.node_pubkey[:12])
+        return record, True
+
+    async def _unwitnessed(self, signed: SignedReceipt) -> tuple[ReceiptRecord, bool]:
+        """Store a receipt for a job this coordinator did not route (never paid)."""
+        existing = await self.store.read(Store.get_receipt, receipt_id(signed.body))
+        if existing is not None:
+            if existing.status != "unwitnessed":
+                raise InfernetError(f"receipt already stored as {existing.status}",
+                                    code="bad_request")
+            return existing, False
+        try:
+            record = unwitnessed_record(signed, time.time())
+        except ReceiptRejected as exc:
+            raise InfernetError(f"receipt rejected: {exc}", code="bad_request") from None
+        await self.store.write(self.db.save_receipt, record)
+        log.info("job %s: receipt %s from node %s stored unwitnessed (not routed here)",
+                 record.job_id, record.id[:12], record.node_pubkey[:12])
         return record, True
 
     async def _fail(self, job: LiveJob, code: ErrorCode, message: str) -> None:

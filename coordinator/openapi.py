@@ -30,6 +30,7 @@ def _errors(*statuses: int, flat: bool = True) -> dict[str, Any]:
     text = {400: "Bad request (`bad_request`)",
             401: "Missing or invalid credentials (`unauthorized`)",
             404: "Not found", 413: "Body over 4 MiB (`bad_request`)",
+            409: "The job has not ended yet; send again later (`bad_request`)",
             429: "Rate limited (`rate_limited`); see `Retry-After`",
             502: "The node failed (`node_disconnected`, `protocol_error`)",
             503: "No node could take the job (`no_capacity`)", 504: "Timed out (`timeout`)"}
@@ -135,7 +136,7 @@ def _schemas() -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string", "description": "hex SHA-256 of the body"},
                         "object": {"const": "cpr"}, "job_id": {"type": "string"},
-                        "status": {"enum": ["countersigned", "rejected"]},
+                        "status": {"enum": ["countersigned", "rejected", "unwitnessed"]},
                         "reason": {"type": "string"},
                         "node_pubkey": {"type": "string"},
                         "coordinator_pubkey": {"type": "string"},
@@ -233,7 +234,7 @@ def _paths() -> dict[str, Any]:
                             "schema": {"type": "string"}}],
             "responses": {"200": _json(_ref("Receipt"), ok), **_errors(401, 404)}}},
         "/api/v1/receipts": {"post": {
-            "summary": "A node sends the signed receipt its final frame did not carry",
+            "summary": "A node sends a signed receipt (countersigned if routed here)",
             "security": _NODE_AUTH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["receipt"], "additionalProperties": False,
@@ -241,7 +242,9 @@ def _paths() -> dict[str, Any]:
                                "base64 of the signed envelope (specs/receipts.md §4)"}}}}}},
             "responses": {"201": _json(_ref("Receipt"), "Countersigned"),
                           "200": _json(_ref("Receipt"), "Already countersigned"),
-                          **_errors(400, 401, 429)}}},
+                          "202": _json(_ref("Receipt"), "Stored unwitnessed: the job was "
+                                       "not routed here; never countersigned or paid"),
+                          **_errors(400, 401, 409, 429)}}},
         "/api/v1/nodes/{node_id}/balance": {"get": {
             "summary": "A node's unclaimed balance per chain and its payouts",
             "security": _NODE_AUTH, "parameters": [_NODE_ID],

@@ -6,6 +6,10 @@ token counts, prompt and output hashes, value per the pricing table), and counte
 a receipt that passed; plus the stored form of each outcome and its JSON for
 ``GET /api/v1/cprs/:id``.
 
+A receipt for a job this coordinator never routed (a node served it straight over the mesh)
+is kept as ``unwitnessed``: its node signature and its value by the pricing table are
+checked, but nothing else can be, so it is never countersigned and never paid.
+
 Invariants: a receipt is countersigned only if its node signature verifies and it states
 exactly what the coordinator saw; a receipt that fails is kept as ``rejected`` with the
 reason (an audit trail), never countersigned. Pure: no I/O, time is an argument.
@@ -36,12 +40,19 @@ from infernet.protocol.receipt import (
     verify_receipt,
 )
 
-__all__ = ["JobFacts", "ReceiptRecord", "ReceiptRejected", "check_and_countersign",
-           "receipt_body", "rejected_record"]
+__all__ = ["JobFacts", "ReceiptNotReady", "ReceiptRecord", "ReceiptRejected",
+           "check_and_countersign", "receipt_body", "rejected_record", "unwitnessed_record"]
 
 
 class ReceiptRejected(InfernetError):
     """Raised when a node's receipt does not verify or does not match the job; not paid."""
+
+
+class ReceiptNotReady(InfernetError):
+    """Raised when a receipt names a job this coordinator is still running: send it again
+    later (HTTP 409), the job's outcome is not stored yet."""
+
+    code = "bad_request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +62,7 @@ class ReceiptRecord:
     id: str
     job_id: str
     node_pubkey: str
-    status: str  # "countersigned" | "rejected"
+    status: str  # "countersigned" | "rejected" | "unwitnessed"
     reason: str
     model: str
     input_tokens: int
@@ -151,6 +162,27 @@ def check_and_countersign(
         raise ReceiptRejected(f"receipt does not verify: {exc}") from None
     return _record(receipt, receipt_id(signed.body), "countersigned", "",
                    encode_receipt(countersigned), now)
+
+
+def unwitnessed_record(signed: SignedReceipt, now: float) -> ReceiptRecord:
+    """The stored form of a receipt for a job this coordinator did not route.
+
+    Only what a third party can check is checked: the node signature and the value the
+    pricing table gives for the stated model and tokens. Never countersigned, never paid.
+
+    Raises:
+        ReceiptRejected: the signature does not verify, or the value is not the table's.
+    """
+    try:
+        receipt = verify_receipt(signed).receipt
+    except InfernetError as exc:
+        raise ReceiptRejected(f"receipt does not verify: {exc}") from None
+    value = job_value(receipt.input_tokens, receipt.output_tokens,
+                      rates_for_model(receipt.model))
+    if receipt.value != value:
+        raise ReceiptRejected(f"value is {receipt.value}, the pricing table gives {value}")
+    return _record(receipt, receipt_id(signed.body), "unwitnessed", "",
+                   encode_receipt(signed), now)
 
 
 def rejected_record(signed: SignedReceipt, reason: str, facts: JobFacts,

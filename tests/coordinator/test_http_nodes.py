@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from coordinator.receipts import ReceiptRecord
 from infernet.protocol.auth import sign_request
 from infernet.protocol.pricing import job_value, rates_for_model
 from infernet.protocol.receipt import (
     Receipt,
+    decode_signed_receipt,
     encode_receipt,
     output_hash,
     prompt_hash,
     sign_receipt,
+    verify_receipt,
 )
 from tests.coordinator.fakes import MODEL, FakeNode, Script
 from tests.coordinator.harness import Harness, open_harness
@@ -170,3 +173,43 @@ async def test_balance_and_payouts_respect_the_chain_minimum(h: Harness) -> None
     assert r.status_code == 400
     r = await node_post(h, node, target, {"chain": "dogecoin", "address": "x"})
     assert r.status_code == 400 and "unknown chain" in (await r.get_json())["error_message"]
+
+
+async def test_a_receipt_for_a_job_not_routed_here_is_stored_unwitnessed(h: Harness) -> None:
+    node = h.nodes.add()
+    r = await node_post(h, node, "/api/v1/receipts",
+                        {"receipt": late_receipt(node, "job_served_over_the_mesh")})
+    assert r.status_code == 202, await r.get_data()
+    cpr = await r.get_json()
+    assert (cpr["status"], cpr["job_id"]) == ("unwitnessed", "job_served_over_the_mesh")
+    signed = decode_signed_receipt(base64.b64decode(cpr["receipt"]))  # not countersigned
+    assert verify_receipt(signed).receipt_id == cpr["id"]
+    again = await node_post(h, node, "/api/v1/receipts",
+                            {"receipt": late_receipt(node, "job_served_over_the_mesh")})
+    assert again.status_code == 202 and (await again.get_json())["id"] == cpr["id"]
+    body = await (await node_get(h, node, f"/api/v1/nodes/{node.pubkey}/balance")).get_json()
+    assert body["balances"] == {}  # a coordinator does not pay for work it cannot vouch for
+
+
+async def test_an_unwitnessed_receipt_must_state_the_tables_value(h: Harness) -> None:
+    node = h.nodes.add()
+    receipt = Receipt(job_id="job_x", node_pubkey=node.pubkey, model=MODEL, input_tokens=7,
+                      output_tokens=3, completed_at=1_800_000_000, value=Decimal("5"),
+                      chain="base")
+    raw = base64.b64encode(encode_receipt(sign_receipt(receipt, node.key))).decode()
+    r = await node_post(h, node, "/api/v1/receipts", {"receipt": raw})
+    assert r.status_code == 400 and "pricing table" in (await r.get_json())["error_message"]
+
+
+async def test_a_receipt_for_a_job_still_running_is_409(h: Harness) -> None:
+    gate = trio.Event()
+    node = h.nodes.add(Script(gate=gate, receipt=False))
+    r = await h.post_json("/api/v1/jobs", {"model": MODEL, "messages": USER})
+    job_id = (await r.get_json())["id"]
+    await node.opened.wait()
+    r = await node_post(h, node, "/api/v1/receipts", {"receipt": late_receipt(node, job_id)})
+    assert r.status_code == 409 and "not ended yet" in (await r.get_json())["error_message"]
+    gate.set()
+    await h.finished(job_id)
+    r = await node_post(h, node, "/api/v1/receipts", {"receipt": late_receipt(node, job_id)})
+    assert r.status_code == 201
