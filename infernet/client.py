@@ -4,11 +4,18 @@ Owns: `open_peer_client` (a short-lived libp2p host that dials one node and runs
 with the job protocol, no coordinator involved) and `coordinator_chat` (the coordinator's
 OpenAI-compatible API with httpx). Both yield text as it is generated and end with a
 `ChatResult` carrying the engine's usage and the serving node's pubkey.
+
+A peer job's receipt (in its final frame) is checked before the result is returned: the
+node's signature, and that it names this job and hashes the prompt sent and the text
+received. A sealed job is sealed to the node that will serve it: when the dialled peer does
+not serve the model itself, the client asks it (directory protocol) which node does and
+seals to that node's key, so the relay in between carries ciphertext only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -17,18 +24,29 @@ from dataclasses import dataclass
 import httpx
 from httpx_sse import aconnect_sse
 
+from infernet.mesh.directory import ask_directory
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import open_job
 from infernet.protocol.e2e import ChunkOpener, seal_request, session_key
-from infernet.protocol.errors import ERRORS, ErrorCode, InfernetError, JobFailed
+from infernet.protocol.errors import (
+    ERRORS,
+    ErrorCode,
+    InfernetError,
+    JobFailed,
+    TransportError,
+)
 from infernet.protocol.frames import JobRequest, Message
 from infernet.protocol.keys import (
+    PublicKey,
     SecretKey,
     peer_id_from_base58,
     public_key_from_peer_id_bytes,
 )
+from infernet.protocol.receipt import verify_job_receipt
 
 __all__ = ["ChatResult", "PeerClient", "coordinator_chat", "open_peer_client"]
+
+log = logging.getLogger("infernet.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +58,7 @@ class ChatResult:
     completion_tokens: int
     finish_reason: str
     node_pubkey: str
+    receipt_id: str = ""  # the node-signed receipt's id ("" when the node signs none)
 
 
 def _messages(prompt: str | Sequence[tuple[str, str]]) -> tuple[Message, ...]:
@@ -76,12 +95,13 @@ class PeerClient:
             JobFailed: the node refused or failed the job (``code`` says why).
             TransportError: the node went away or went silent.
         """
-        request = JobRequest(job_id=secrets.token_hex(12), model=model,
-                             messages=_messages(prompt), max_tokens=max_tokens,
-                             temperature=temperature, client_pubkey=self.key.public_key.hex())
+        messages = _messages(prompt)
+        request = JobRequest(job_id=secrets.token_hex(12), model=model, messages=messages,
+                             max_tokens=max_tokens, temperature=temperature,
+                             client_pubkey=self.key.public_key.hex())
         opener = None
         if encrypt:
-            node = public_key_from_peer_id_bytes(peer_id_from_base58(self.peer_id))
+            node = await self._recipient(model)
             request = seal_request(request, client_key=self.key, recipient=node,
                                    nonce=secrets.token_bytes(32))
             opener = ChunkOpener(session_key(self.key, node), request.job_id).open
@@ -95,8 +115,34 @@ class PeerClient:
             final = call.final
         if final is None:
             raise JobFailed("the node ended the job without a final frame", code="internal_error")
-        self.result = ChatResult("".join(parts), final.prompt_tokens, final.completion_tokens,
-                                 final.finish_reason, accepted.node_pubkey)
+        text = "".join(parts)
+        receipt_id = ""
+        if final.receipt is not None:  # RemoteProtocolError/SignatureError when it lies
+            receipt_id = verify_job_receipt(final.receipt, job_id=request.job_id,
+                                            node_pubkey=accepted.node_pubkey,
+                                            messages=messages, output=text).receipt_id
+        self.result = ChatResult(text, final.prompt_tokens, final.completion_tokens,
+                                 final.finish_reason, accepted.node_pubkey, receipt_id)
+
+    async def _recipient(self, model: str) -> PublicKey:
+        """The key of the node that will serve ``model``: the dialled peer when it serves
+        it, else the best node it knows (directory protocol).
+
+        Raises:
+            JobFailed: no node serves ``model`` (``model_not_found``).
+        """
+        peer = public_key_from_peer_id_bytes(peer_id_from_base58(self.peer_id))
+        try:
+            found = await ask_directory(self.mesh, self.peer_id, model)
+        except TransportError as exc:  # a peer without the directory: it must serve itself
+            log.info("directory query to %s failed (%s); sealing to the peer", self.peer_id, exc)
+            return peer
+        if not found:
+            raise JobFailed(f"no node reachable through this peer serves {model!r}",
+                            code="model_not_found")
+        if any(a.pubkey == peer for a in found):
+            return peer
+        return found[0].pubkey  # the peer lists the nodes it would route to, best first
 
     async def chat(self, model: str, prompt: str | Sequence[tuple[str, str]], *,
                    max_tokens: int | None = None) -> ChatResult:

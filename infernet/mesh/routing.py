@@ -64,11 +64,13 @@ def candidates(
     *,
     weights_hash: str = "",
     max_price: float | None = None,
+    pinned: str = "",
 ) -> list[PeerEntry]:
     """Online nodes serving ``model`` (minus ``exclude``d pubkeys), best first.
 
     ``weights_hash`` pins the exact weights; ``max_price`` caps the output price per 1000
-    tokens. Ties are broken at random so load spreads.
+    tokens; ``pinned`` allows only that node (a job sealed to its key). Ties are broken at
+    random so load spreads.
 
     Raises:
         InfernetError: ``no_capacity`` when no node is online at all or every node serving
@@ -79,6 +81,11 @@ def candidates(
     if not online:
         raise InfernetError("no node is online in the network right now", code="no_capacity")
     serving = [e for e in online if _fits(e, model, weights_hash, None)]
+    if pinned:
+        serving = [e for e in serving if e.pubkey == pinned]
+        if not serving:
+            raise InfernetError(f"node {pinned[:16]} is not online serving {model!r}",
+                                code="no_capacity" if exclude else "model_not_found")
     if not serving:
         pinned = f" with weights {weights_hash}" if weights_hash else ""
         raise InfernetError(f"no online node serves model {model!r}{pinned}",
@@ -101,6 +108,7 @@ async def dispatch(
     *,
     exclude: Container[str] = (),
     accept_timeout: float = ACCEPT_TIMEOUT,
+    pinned: str = "",
 ) -> AsyncIterator[tuple[JobCall, PeerEntry]]:
     """Open ``request`` on the first candidate that accepts it; yield the call and the node.
 
@@ -112,7 +120,7 @@ async def dispatch(
     last: InfernetError | None = None
     for entry in candidates(table, request.model, now, exclude,
                             weights_hash=request.weights_hash,
-                            max_price=request.max_price_per_1k):
+                            max_price=request.max_price_per_1k, pinned=pinned):
         stack = AsyncExitStack()
         try:
             call = await stack.enter_async_context(open_job(mesh, entry.peer_id, request))

@@ -24,6 +24,7 @@ from infernet.backends.base import Backend
 from infernet.backends.inventory import Inventory, build_inventory, watch_served_models
 from infernet.backends.select import open_backend
 from infernet.mesh.bootstrap import bootstrap_from_coordinator, keep_connected
+from infernet.mesh.directory import Directory
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
@@ -35,6 +36,7 @@ from infernet.node.hardware import HardwareInfo, detect_hardware
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
+from infernet.protocol.directory import DIRECTORY_PROTOCOL
 from infernet.protocol.errors import BackendError
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
@@ -202,6 +204,8 @@ async def run_node(
                 await serve_job_stream(stream, runner)
 
             mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
+            directory = Directory(peers.table, announcer.encode, lambda: executor.models)
+            mesh.host.set_stream_handler(DIRECTORY_PROTOCOL, directory.handle)
             async with trio.open_nursery() as nursery:
                 await nursery.start(peers.serve)
                 nursery.start_soon(announcer.run, peers.gossip)

@@ -101,10 +101,13 @@ class JobExecutor:
     async def run(self, request: JobRequest, peer: str, send: SendFrame) -> None:
         """Answer ``request`` from ``peer`` by sending frames through ``send``. Cancel-safe."""
         job = request.job_id
-        if request.model not in self.models:
-            if self.relay is not None and self.relay.can_route(request.model):
+        elsewhere = request.encrypted and request.encrypted_to != self.node_pubkey
+        if request.model not in self.models or elsewhere:
+            pinned = request.encrypted_to if elsewhere else ""
+            if self.relay is not None and self.relay.can_route(request.model, pinned):
                 await self.relay.run(request, send)
                 return
+        if request.model not in self.models:
             served = ", ".join(sorted(self.models)) or "nothing"
             await send(JobErrorFrame(
                 job_id=job, code="model_not_found",

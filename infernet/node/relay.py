@@ -55,9 +55,11 @@ class Relay:
         job = request.job_id
         tried: set[str] = {self.own_pubkey}
         accepted_sent = False
+        # A sealed job opens only on the node it is sealed to: no other node can take it.
+        pinned = request.encrypted_to if request.encrypted else ""
         while True:
             async with dispatch(self.mesh, self.table, request, trio.current_time(),
-                                exclude=tried) as (call, entry):
+                                exclude=tried, pinned=pinned) as (call, entry):
                 tried.add(entry.pubkey)
                 log.info("job %s relayed to %s", job, entry.pubkey[:12])
                 if not accepted_sent and call.accepted_frame is not None:
@@ -85,10 +87,11 @@ class Relay:
                 self.relayed += 1
                 return
 
-    def can_route(self, model: str) -> bool:
-        """True when some online peer (not us) announces ``model``."""
+    def can_route(self, model: str, pinned: str = "") -> bool:
+        """True when some online peer (not us; ``pinned`` when given) announces ``model``."""
         now = trio.current_time()
-        return any(e.pubkey != self.own_pubkey for e in self.table.serving(model, now))
+        return any(e.pubkey != self.own_pubkey and (not pinned or e.pubkey == pinned)
+                   for e in self.table.serving(model, now))
 
     async def run(self, request: JobRequest, send: SendFrame) -> None:
         """Relay ``request`` and forward every frame through ``send``. Cancel-safe.

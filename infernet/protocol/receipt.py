@@ -38,7 +38,7 @@ from infernet.protocol.canonical import (
     record_digest,
     verify_digest,
 )
-from infernet.protocol.errors import LocalProtocolError, SignatureError
+from infernet.protocol.errors import LocalProtocolError, RemoteProtocolError, SignatureError
 from infernet.protocol.keys import PublicKey, SecretKey
 from infernet.protocol.pricing import Chain
 
@@ -60,6 +60,7 @@ __all__ = [
     "receipt_id",
     "sign_receipt",
     "verify_countersigned_receipt",
+    "verify_job_receipt",
     "verify_receipt",
 ]
 
@@ -209,6 +210,36 @@ def verify_receipt(signed: SignedReceipt) -> VerifiedReceipt:
         SignatureError: "bad receipt node signature".
     """
     return _verify_node(signed.body, signed.node_sig)
+
+
+def verify_job_receipt(
+    signed: SignedReceipt,
+    *,
+    job_id: str,
+    node_pubkey: str,
+    messages: Iterable[ChatMessage],
+    output: str,
+) -> VerifiedReceipt:
+    """Check the receipt a client got in its final frame against the job it ran.
+
+    The node signature must verify, and the receipt must name this job and the node that
+    accepted it, and hash the prompt the client sent and the text the client received.
+
+    Raises:
+        RemoteProtocolError: not a canonical v1 receipt, or it does not match the job
+            (the message names the first field that differs).
+        SignatureError: "bad receipt node signature".
+    """
+    verified = verify_receipt(signed)
+    r = verified.receipt
+    checks = (("job_id", r.job_id, job_id), ("node_pubkey", r.node_pubkey, node_pubkey),
+              ("prompt_hash", r.prompt_hash, prompt_hash(messages)),
+              ("output_hash", r.output_hash, output_hash(output)))
+    for name, stated, actual in checks:
+        if stated != actual:
+            raise RemoteProtocolError(f"the receipt's {name} does not match the job "
+                                      f"({stated[:16]!r} != {actual[:16]!r})")
+    return verified
 
 
 def countersign_receipt(

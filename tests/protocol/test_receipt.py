@@ -43,6 +43,7 @@ from infernet.protocol.receipt import (
     receipt_id,
     sign_receipt,
     verify_countersigned_receipt,
+    verify_job_receipt,
     verify_receipt,
 )
 
@@ -291,3 +292,25 @@ def test_spec_example_vector() -> None:
         "45cf73d6efb8e8bab92fd9dc0e088a7e274da4662a61e8b63e083cec38864d7b"
         "8f4a5befe103850efdbec13073f2394841fc06ee24f926f9c48c3ace7be3fc70")
     assert signed.body.startswith(bytes.fromhex("b06474797065"))
+
+
+def test_a_job_receipt_matching_what_the_client_sent_and_received_verifies() -> None:
+    verified = verify_job_receipt(SIGNED, job_id="job_9a3f2c1d", node_pubkey=NODE.public_key.hex(),
+                                  messages=PROMPT, output="Paris.")
+    assert verified.receipt_id == receipt_id(SIGNED.body)
+
+
+@pytest.mark.parametrize(("field", "change"), [
+    ("job_id", {"job_id": "another"}),
+    ("node_pubkey", {"node_pubkey": CLIENT.public_key.hex()}),
+    ("prompt_hash", {"messages": (Message(role="user", content="What is 2+2?"),)}),
+    ("output_hash", {"output": "Lyon."}),
+])
+def test_a_job_receipt_that_differs_from_the_job_names_the_field(
+    field: str, change: dict[str, Any]
+) -> None:
+    job: dict[str, Any] = {"job_id": "job_9a3f2c1d", "node_pubkey": NODE.public_key.hex(),
+                           "messages": PROMPT, "output": "Paris."}
+    job.update(change)
+    with pytest.raises(RemoteProtocolError, match=field):
+        verify_job_receipt(SIGNED, **job)
