@@ -1,10 +1,15 @@
-"""``infernet model install|remove|list``: the node's model inventory from the command line.
+"""``infernet model install|remove|list|recommend``: the node's model inventory from the
+command line.
 
 Owns: the ``model`` subcommands (`add_model_commands`, `run_model_command`), the pull
-progress bar (rich: bytes, %, speed, from the engine's own progress records) and the
-``served_models`` edits in the config file. The library calls are
-`infernet.backends.select.open_backend`, `Backend.pull` / `remove` / `list_models`,
+progress bar (rich: bytes, %, speed, from the engine's own progress records), the
+``served_models`` edits in the config file, and ``recommend`` (the catalogue models that suit
+this node, `infernet.backends.catalog.recommend`, with ``--install-all``; implemented in
+`infernet.cli.recommend`). The library calls
+are `infernet.backends.select.open_backend`, `Backend.pull` / `remove` / `list_models`,
 `infernet.backends.fit.check_fit` and `infernet.node.hardware.detect_hardware`.
+`install_one` / `remove_one` are the reusable steps (``infernet setup`` installs through
+`install_one`); `install_model` / `remove_model` add the human summary.
 
 Invariants:
 - A command never starts an engine: with no engine running only the embedded engine's
@@ -17,6 +22,7 @@ Invariants:
   before any download unless ``--force``.
 - A running node notices the changed ``served_models`` in its config file and re-announces
   (`infernet.backends.inventory.watch_served_models`).
+- ``--json``: one document on stdout; progress and notes go to stderr.
 - Exit code 0 only on success; errors print ``error: <message> [<code>]`` (cli/main.py).
 """
 
@@ -26,6 +32,7 @@ import argparse
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,10 +58,17 @@ from infernet.backends.inventory import canonical_name
 from infernet.protocol.errors import BackendError
 
 __all__ = [
+    "InstallResult",
+    "RemoveResult",
     "add_model_commands",
+    "cli_env",
+    "format_size",
     "install_model",
+    "install_one",
     "list_models",
+    "print_json",
     "remove_model",
+    "remove_one",
     "run_model_command",
 ]
 
@@ -73,13 +87,19 @@ def add_model_commands(subparsers: Any) -> None:
     install.add_argument("name", help="qwen2.5:7b on Ollama; Qwen/Qwen2.5-7B-Instruct on vLLM...")
     install.add_argument("--verbose", action="store_true", help="print every engine status")
     install.add_argument("--force", action="store_true", help="skip the VRAM fit check")
+    install.add_argument("--json", action="store_true", help="machine-readable output")
     remove = sub.add_parser("remove", help="stop serving a model and delete its weights")
     remove.add_argument("name")
     remove.add_argument(
         "--keep-weights", action="store_true", help="stop serving it but keep the download"
     )
+    remove.add_argument("--json", action="store_true", help="machine-readable output")
     listing = sub.add_parser("list", help="the engine's models and what this node serves")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    rec = sub.add_parser("recommend", help="the models that suit this node's VRAM tier")
+    rec.add_argument("--install-all", action="store_true",
+                     help="install the recommended models not installed yet")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run_model_command(args: argparse.Namespace) -> int:
@@ -91,18 +111,52 @@ def run_model_command(args: argparse.Namespace) -> int:
     from infernet.node.config import home_dir
 
     home = home_dir()
-    console = Console()
+    as_json = bool(args.json)
+    out = Console()
+    console = Console(stderr=True) if as_json else out  # progress never mixes with JSON
     if args.model_command == "install":
         return trio.run(
-            lambda: install_model(
-                home, args.name, verbose=args.verbose, force=args.force, console=console
-            )
-        )
+            lambda: install_model(home, args.name, verbose=args.verbose, force=args.force,
+                                  console=console, out=out if as_json else None)
+        )  # fmt: skip
     if args.model_command == "remove":
         return trio.run(
-            lambda: remove_model(home, args.name, keep_weights=args.keep_weights, console=console)
-        )
-    return trio.run(lambda: list_models(home, as_json=args.json, console=console))
+            lambda: remove_model(home, args.name, keep_weights=args.keep_weights,
+                                 console=console, out=out if as_json else None)
+        )  # fmt: skip
+    if args.model_command == "recommend":
+        from infernet.cli.recommend import recommend_models
+
+        return trio.run(
+            lambda: recommend_models(home, install_all=args.install_all, console=console,
+                                     out=out if as_json else None)
+        )  # fmt: skip
+    return trio.run(lambda: list_models(home, as_json=as_json, console=console))
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    """What `install_one` did: the model, the engine, its size, the new served_models."""
+
+    model: str
+    engine: str
+    size_bytes: int | None
+    served_models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    """What `remove_one` did: whether the engine deleted weights, the new served_models."""
+
+    model: str
+    engine: str | None
+    deleted: bool
+    served_models: tuple[str, ...]
+
+
+def print_json(out: Console, doc: object) -> None:
+    """Print ``doc`` as indented JSON on ``out``, unwrapped and without markup."""
+    out.print(json.dumps(doc, indent=2), markup=False, highlight=False, soft_wrap=True)
 
 
 async def install_model(
@@ -112,9 +166,38 @@ async def install_model(
     verbose: bool = False,
     force: bool = False,
     console: Console | None = None,
+    out: Console | None = None,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    """Pull ``name`` into the running engine (progress bar) and add it to served_models.
+    """Pull ``name`` into the running engine (progress bar) and add it to served_models;
+    print what was done (as JSON on ``out`` when given); return the exit code.
+
+    Raises:
+        BackendError: as `install_one`.
+    """
+    console = console or Console()
+    done = await install_one(home, name, verbose=verbose, force=force, console=console, env=env)
+    if out is not None:
+        print_json(out, asdict(done))
+        return 0
+    size = f" ({format_size(done.size_bytes)})" if done.size_bytes else ""
+    console.print(f"Installed {name} on {done.engine}{size}.", highlight=False)
+    console.print(f"served_models: {', '.join(done.served_models)}", highlight=False)
+    console.print("A running node picks up the change and re-announces.", highlight=False)
+    return 0
+
+
+async def install_one(
+    home: Path,
+    name: str,
+    *,
+    verbose: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+    env: Mapping[str, str] | None = None,
+) -> InstallResult:
+    """Pull ``name`` into the running engine (progress bar on ``console``) and add it to
+    served_models.
 
     Raises:
         BackendError: no engine to install into, the model does not fit (without
@@ -125,11 +208,11 @@ async def install_model(
     from infernet.node.config import load_config
     from infernet.node.hardware import detect_hardware
 
-    config = load_config(home, _env(env))
+    config = load_config(home, cli_env(env))
     hardware = await trio.to_thread.run_sync(detect_hardware, home)
     opened = False
     try:
-        async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+        async with open_backend(config, home, env=cli_env(env), start_embedded=False) as backend:
             opened = True
             naming = backend.capabilities.model_naming
             verdict = check_fit(ModelInfo(name=name), hardware.memory_budget_bytes, naming)
@@ -149,13 +232,7 @@ async def install_model(
         before, installed, engine = [], None, EMBEDDED_BACKEND  # built in: no download
     served = _update_served(home, add=name, engine_models=before)
     size = installed.size_bytes if installed is not None else None
-    console.print(
-        f"Installed {name} on {engine}" + (f" ({_size(size)})" if size else "") + ".",
-        highlight=False,
-    )
-    console.print(f"served_models: {', '.join(served)}", highlight=False)
-    console.print("A running node picks up the change and re-announces.", highlight=False)
-    return 0
+    return InstallResult(model=name, engine=engine, size_bytes=size, served_models=served)
 
 
 async def _pull(
@@ -197,8 +274,33 @@ async def remove_model(
     *,
     keep_weights: bool = False,
     console: Console | None = None,
+    out: Console | None = None,
     env: Mapping[str, str] | None = None,
 ) -> int:
+    """Remove ``name`` from served_models and (unless ``keep_weights``) from the engine;
+    print the new served_models (as JSON on ``out`` when given); return the exit code.
+
+    Raises:
+        BackendError: as `remove_one`.
+    """
+    console = console or Console()
+    done = await remove_one(home, name, keep_weights=keep_weights, console=console, env=env)
+    if out is not None:
+        print_json(out, asdict(done))
+    else:
+        console.print(f"served_models: {', '.join(done.served_models) or '(none)'}",
+                      highlight=False)  # fmt: skip
+    return 0
+
+
+async def remove_one(
+    home: Path,
+    name: str,
+    *,
+    keep_weights: bool = False,
+    console: Console | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RemoveResult:
     """Remove ``name`` from served_models and (unless ``keep_weights``) from the engine.
 
     Raises:
@@ -209,16 +311,19 @@ async def remove_model(
     from infernet.backends.select import open_backend
     from infernet.node.config import load_config
 
-    config = load_config(home, _env(env))
+    config = load_config(home, cli_env(env))
     engine_models: list[str] = []
-    opened = False
+    engine: str | None = None
+    deleted = opened = False
     try:
-        async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+        async with open_backend(config, home, env=cli_env(env), start_embedded=False) as backend:
             opened = True
+            engine = backend.name
             engine_models = [m.name for m in await backend.list_models()]
             if not keep_weights and backend.capabilities.remove:
                 try:
                     await backend.remove(name)
+                    deleted = True
                     console.print(f"Deleted {name} from {backend.name}.", highlight=False)
                 except BackendError as exc:
                     if exc.code != "model_not_found":
@@ -229,8 +334,7 @@ async def remove_model(
             raise
         engine_models = [EMBEDDED_MODEL]
     served = _update_served(home, remove=name, engine_models=engine_models)
-    console.print(f"served_models: {', '.join(served) or '(none)'}", highlight=False)
-    return 0
+    return RemoveResult(model=name, engine=engine, deleted=deleted, served_models=served)
 
 
 async def list_models(
@@ -252,10 +356,10 @@ async def list_models(
     from infernet.backends.select import open_backend
     from infernet.node.config import load_config
 
-    config = load_config(home, _env(env))
+    config = load_config(home, cli_env(env))
     opened = False
     try:
-        async with open_backend(config, home, env=_env(env), start_embedded=False) as backend:
+        async with open_backend(config, home, env=cli_env(env), start_embedded=False) as backend:
             opened = True
             rows = _rows(
                 await backend.list_models(),
@@ -274,7 +378,7 @@ async def list_models(
     for column in ("MODEL", "SIZE", "BACKEND", "STATUS"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["model"], _size(row["size_bytes"]), row["backend"], row["status"])
+        table.add_row(row["model"], format_size(row["size_bytes"]), row["backend"], row["status"])
     console.print(table)
     return 0
 
@@ -344,7 +448,8 @@ def _update_served(
     return new
 
 
-def _size(size: int | None) -> str:
+def format_size(size: int | None) -> str:
+    """``"4.7 GB"``, ``"253 MB"``, or ``"-"`` when the size is unknown."""
     if not size:
         return "-"
     if size >= _GB:
@@ -352,5 +457,6 @@ def _size(size: int | None) -> str:
     return f"{size / 1e6:.0f} MB"
 
 
-def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+def cli_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` as a dict, or the process environment when None (tests pass their own)."""
     return dict(os.environ) if env is None else dict(env)

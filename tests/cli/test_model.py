@@ -62,6 +62,8 @@ def test_the_commands_parse() -> None:
     args = parser.parse_args(["model", "remove", "x", "--keep-weights"])
     assert (args.model_command, args.keep_weights) == ("remove", True)
     assert parser.parse_args(["model", "list", "--json"]).json is True
+    args = parser.parse_args(["model", "recommend", "--install-all", "--json"])
+    assert (args.model_command, args.install_all, args.json) == ("recommend", True, True)
 
 
 async def test_install_pulls_with_progress_and_serves_it(home: Path) -> None:
@@ -173,3 +175,18 @@ async def test_an_engine_error_is_never_mistaken_for_no_engine(home: Path) -> No
         await install_model(home, "gemma3-270m", console=console(), env={})
     assert info.value.code == "model_not_found"
     assert load_config(home, {}).served_models == ()
+
+
+async def test_install_and_remove_json(home: Path) -> None:
+    progress, out = console(), console()
+    assert await install_model(home, "tinyllama:latest", console=progress, out=out, env={}) == 0
+    doc = json.loads(output(out))
+    assert doc == {"model": "tinyllama:latest", "engine": "ollama", "size_bytes": 6 * 1024 * 1024,
+                   "served_models": ["qwen2.5:7b", "llama3.2:3b", "tinyllama:latest"]}
+    assert "Installed" not in output(progress)  # the summary is the JSON document
+
+    out = console()
+    assert await remove_model(home, "tinyllama:latest", console=console(), out=out, env={}) == 0
+    assert json.loads(output(out)) == {"model": "tinyllama:latest", "engine": "ollama",
+                                       "deleted": True,
+                                       "served_models": ["qwen2.5:7b", "llama3.2:3b"]}

@@ -1,0 +1,128 @@
+"""``infernet model recommend [--install-all] [--json]``: in-process against the fake Ollama,
+and as a user runs it (subprocess, no engine running: the embedded engine)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+from rich.console import Console
+
+from infernet.cli.recommend import recommend_models
+from infernet.node import hardware
+from infernet.node.config import NodeConfig, init_home, load_config, save_config
+from tests.backends.fake_http import FakeServer, openai_engine
+from tests.backends.fake_ollama import FakeModel, FakeOllama
+from tests.cli.conftest import Cli
+
+GIB = 1024**3
+
+
+def console() -> Console:
+    return Console(file=io.StringIO(), width=200, force_terminal=False, color_system=None)
+
+
+def text(c: Console) -> str:
+    assert isinstance(c.file, io.StringIO)
+    return c.file.getvalue()
+
+
+def closed_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture(autouse=True)
+def cpu_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU-only machine with 16 GiB of RAM, whatever this one has."""
+    info = hardware.HardwareInfo(ram_total_bytes=16 * GIB, cpu_count=2)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda *a, **k: info)
+
+
+@pytest.fixture
+async def ollama_home(tmp_path: Path, nursery: trio.Nursery) -> tuple[Path, FakeOllama]:
+    fake = FakeOllama()
+    fake.registry["qwen2.5:1.5b"] = FakeModel("qwen2.5:1.5b", 2 * 3 * 1024 * 1024, "1.5B")
+    await nursery.start(fake.serve)
+    save_config(tmp_path, NodeConfig(backend="ollama", ollama_host=fake.url))
+    return tmp_path, fake
+
+
+async def test_recommend_marks_what_ollama_has(ollama_home: tuple[Path, FakeOllama]) -> None:
+    home, _ = ollama_home
+    c = console()
+    assert await recommend_models(home, console=c, env={}) == 0
+    rows = [line.split() for line in text(c).splitlines()]
+    assert rows[0][:4] == ["Tier", "cpu,", "17.2", "GB"]
+    assert ["qwen2.5:1.5b", "(default)", "~750", "MB", "1b-3b", "cpu", "available"] in rows
+    assert ["llama3.2:3b", "~1.6", "GB", "1b-3b", "cpu", "installed"] in rows
+    assert "`infernet model recommend --install-all`" in text(c)
+
+
+async def test_install_all_pulls_the_missing_ones(ollama_home: tuple[Path, FakeOllama]) -> None:
+    home, fake = ollama_home
+    c, out = console(), console()
+    assert await recommend_models(home, install_all=True, console=c, out=out, env={}) == 0
+    doc = json.loads(text(out))
+    assert doc["installed_now"] == ["qwen2.5:1.5b"]
+    assert doc["skipped"] == [] and doc["failed"] == []
+    assert all(m["installed"] for m in doc["models"])
+    assert "qwen2.5:1.5b" in fake.models
+    assert "qwen2.5:1.5b" in load_config(home, {}).served_models
+    assert "Installed qwen2.5:1.5b on ollama" in text(c)
+
+
+async def test_a_failed_install_is_reported_and_exits_1(
+    ollama_home: tuple[Path, FakeOllama],
+) -> None:
+    home, fake = ollama_home
+    del fake.registry["qwen2.5:1.5b"]
+    c, out = console(), console()
+    assert await recommend_models(home, install_all=True, console=c, out=out, env={}) == 1
+    (failed,) = json.loads(text(out))["failed"]
+    assert (failed["model"], failed["code"]) == ("qwen2.5:1.5b", "model_not_found")
+    assert "failed qwen2.5:1.5b:" in text(c)
+
+
+async def test_an_engine_that_cannot_pull_is_skipped_with_a_hint(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    url = await nursery.start(FakeServer(openai_engine(["Qwen/Qwen2.5-1.5B-Instruct"])).serve)
+    save_config(tmp_path, NodeConfig(backend="vllm", vllm_host=url))
+    c, out = console(), console()
+    assert await recommend_models(tmp_path, install_all=True, console=c, out=out, env={}) == 0
+    doc = json.loads(text(out))
+    assert doc["naming"] == "huggingface"
+    models = {m["model"]: m for m in doc["models"]}
+    assert models["Qwen/Qwen2.5-1.5B-Instruct"]["status"] == "installed"
+    assert models["meta-llama/Llama-3.2-3B-Instruct"]["status"] == "manual"
+    (skipped,) = doc["skipped"]
+    assert skipped["model"] == "meta-llama/Llama-3.2-3B-Instruct"
+    assert "vllm serve" in skipped["reason"]
+    assert "skip meta-llama/Llama-3.2-3B-Instruct: vllm cannot download models" in text(c)
+
+
+def test_recommend_json_without_an_engine(cli: Cli) -> None:
+    init_home(cli.home)
+    for kind in ("OLLAMA", "VLLM", "SGLANG", "MAX", "LLAMACPP"):
+        cli.env[f"INFERNET_{kind}_HOST"] = closed_url()
+    out = cli("model", "recommend", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["engine"] == "embedded" and doc["naming"] == "alias"
+    first = doc["models"][0]
+    assert (first["model"], first["default"], first["status"]) == ("gemma3-270m", True,
+                                                                  "installed")  # fmt: skip
+    assert all(m["status"] == "manual" for m in doc["models"][1:])
+
+    out = cli("model", "recommend", "--install-all")
+    assert out.returncode == 0, out.stderr
+    assert "gemma3-270m (default)" in out.stdout
+    skips = [line for line in out.stdout.splitlines() if line.startswith("skip ")]
+    assert len(skips) == len(doc["models"]) - 1
+    assert load_config(cli.home, {}).served_models == ()  # nothing was installed
