@@ -20,7 +20,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from coordinator import http_jobs, http_nodes, http_openai
+from coordinator import http_jobs, http_nodes, http_openai, http_registry
 from coordinator.http_common import ApiError, CoordinatorState, error_response, json_response
 from coordinator.metrics import CONTENT_TYPE
 from coordinator.openapi import openapi_document
@@ -87,4 +87,5 @@ def create_app(state: CoordinatorState) -> QuartTrio:
     http_openai.register(app, state)
     http_jobs.register(app, state)
     http_nodes.register(app, state)
+    http_registry.register(app, state)
     return app

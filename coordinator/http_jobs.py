@@ -29,6 +29,7 @@ from coordinator.http_common import (
     json_response,
     read_body,
 )
+from coordinator.http_registry import registered_user
 from coordinator.job_api import (
     BadJobRequest,
     iso_time,
@@ -126,7 +127,8 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         pubkey = normalize_node_id(node_id)
         if pubkey is None:
             raise ApiError("bad_request", "node id must be a node public key (hex or npub)")
-        return json_response(await _node_status(state, pubkey))
+        doc = await _node_status(state, pubkey)
+        return json_response({**doc, **await registered_user(state, pubkey)})
 
     @app.get("/api/v1/cprs/<receipt_id>")
     async def get_receipt(receipt_id: str) -> Response:

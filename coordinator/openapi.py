@@ -131,7 +131,11 @@ def _schemas() -> dict[str, Any]:
         "NodeStatus": {"type": "object", "required": ["node_id", "status"], "properties": {
             "node_id": {"type": "string"}, "status": {"enum": ["online", "offline"]},
             "last_seen": {"type": ["string", "null"], "format": "date-time"},
-            "models": {"type": "array", "items": {"type": "string"}}}},
+            "models": {"type": "array", "items": {"type": "string"}},
+            "user_pubkey": {"type": "string", "description": "the user key that delegated "
+                            "the node (\"authorized by\"), once the node registered"},
+            "user_npub": {"type": "string"},
+            "registered_at": {"type": "string", "format": "date-time"}}},
         "Receipt": {"type": "object", "required": ["id", "job_id", "status", "receipt"],
                     "properties": {
                         "id": {"type": "string", "description": "hex SHA-256 of the body"},
@@ -258,8 +262,62 @@ def _paths() -> dict[str, Any]:
                 "properties": {"chain": {"enum": ["base", "ethereum", "polygon", "solana"]},
                                "address": {"type": "string"}}}}}},
             "responses": {"201": _json(_ref("Payout"), "Paid"), **_errors(400, 401, 429)}}},
+        **_registry_paths(),
         "/api/v1/bootstrap": {"get": {"summary": "Multiaddrs to join the mesh (no auth)",
                                       "responses": {"200": _json(_ref("Bootstrap"), ok)}}},
+    }
+
+
+def _registry_paths() -> dict[str, Any]:
+    """The node registry and the owner-command queue (specs/http-api.md §5)."""
+    b64 = {"type": "string", "description": "base64 of a signed record, canonical CBOR "
+           "(specs/keys.md §4)"}
+    command = {"type": "object", "properties": {
+        "id": {"type": "string"}, "object": {"const": "owner_command"},
+        "node_id": {"type": "string"}, "user_pubkey": {"type": "string"},
+        "action": {"enum": ["model_install", "model_remove"]}, "model": {"type": "string"},
+        "status": {"enum": ["pending", "done", "failed", "refused"]},
+        "code": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]},
+        "created_at": {"type": "integer"}, "acked_at": {"type": ["integer", "null"]}}}
+    cmd_id = {"name": "cmd_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/v1/nodes/register": {"post": {
+            "summary": "Register a node: its user's delegation and its key rotations",
+            "security": _NODE_AUTH,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["delegation"], "additionalProperties": False,
+                "properties": {"delegation": b64, "rotations": {
+                    "type": "array", "maxItems": 16, "items": b64}}}}}},
+            "responses": {"201": {"description": "Registered"},
+                          "200": {"description": "Registration replaced"},
+                          **_errors(400, 401, 429)}}},
+        "/api/v1/user/nodes/{node_id}/commands": {"post": {
+            "summary": "Queue an owner command signed by the node's registered user key",
+            "parameters": [_NODE_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["command"], "additionalProperties": False,
+                "properties": {"command": b64}}}}},
+            "responses": {"201": _json(command, "Queued"),
+                          "200": _json(command, "Queued before (its current state)"),
+                          **_errors(400, 401, 404, 429)}}},
+        "/api/v1/user/nodes/{node_id}/commands/{cmd_id}": {"get": {
+            "summary": "An owner command's state and outcome",
+            "parameters": [_NODE_ID, cmd_id],
+            "responses": {"200": _json(command, "OK"), **_errors(400, 404)}}},
+        "/api/v1/nodes/{node_id}/commands": {"get": {
+            "summary": "The node's queued owner commands, oldest first",
+            "security": _NODE_AUTH, "parameters": [_NODE_ID, {
+                "name": "limit", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1, "maximum": 64, "default": 16}}],
+            "responses": {"200": {"description": "OK"}, **_errors(400, 401, 429)}}},
+        "/api/v1/nodes/{node_id}/commands/{cmd_id}/ack": {"post": {
+            "summary": "The node reports what became of a command",
+            "security": _NODE_AUTH, "parameters": [_NODE_ID, cmd_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"], "additionalProperties": False,
+                "properties": {"status": {"enum": ["done", "failed", "refused"]},
+                               "code": {"type": "string"}, "message": {"type": "string"}}}}}},
+            "responses": {"200": _json(command, "Recorded"), **_errors(400, 401, 404, 429)}}},
     }
 
 

@@ -127,6 +127,32 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX payouts_node ON payouts (node_pubkey, created_at);
     ALTER TABLE jobs ADD COLUMN prompt_hash TEXT;
     """,
+    # 5: the node registry (node key → delegating user key) and the owner-command queue
+    # (coordinator/registry.py).
+    """
+    CREATE TABLE node_registry (
+        node_pubkey TEXT PRIMARY KEY,
+        user_pubkey TEXT NOT NULL,
+        delegation TEXT NOT NULL,
+        rotations TEXT NOT NULL,
+        registered_at REAL NOT NULL
+    );
+    CREATE INDEX node_registry_user ON node_registry (user_pubkey);
+    CREATE TABLE node_commands (
+        id TEXT PRIMARY KEY,
+        node_pubkey TEXT NOT NULL,
+        user_pubkey TEXT NOT NULL,
+        action TEXT NOT NULL,
+        model TEXT NOT NULL,
+        command TEXT NOT NULL,
+        status TEXT NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        acked_at REAL
+    );
+    CREATE INDEX node_commands_node_status ON node_commands (node_pubkey, status, created_at);
+    """,
 )
 
 _JOB_COLUMNS: Final = (

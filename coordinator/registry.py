@@ -1,0 +1,140 @@
+"""The node registry and the owner-command queue in the coordinator's store.
+
+Owns: the rows of the ``node_registry`` and ``node_commands`` tables (migration 5 in
+`coordinator.store`) and their queries, as plain functions over a `Store` so that
+`AsyncStore.read` / ``write`` can run them (``specs/http-api.md`` §"Node registry",
+§"Owner commands").
+
+Invariants: a registration is keyed by the node's current key and names the user that
+delegated it; a command row is keyed by its command id (the hash of the signed record), so
+the same command queued twice is one row; the routes keep at most `MAX_PENDING` commands
+waiting per node; SQL stays portable (no SQLite-only syntax beyond ``ON CONFLICT``, which
+Postgres shares).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from coordinator.store import Store
+
+__all__ = [
+    "MAX_PENDING",
+    "CommandRecord",
+    "Registration",
+    "ack_command",
+    "count_pending",
+    "get_command",
+    "get_registration",
+    "insert_command",
+    "pending_commands",
+    "registered_user_of",
+    "save_registration",
+]
+
+MAX_PENDING: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A node key, the user key that delegated it, and the proof (base64 CBOR records)."""
+
+    node_pubkey: str
+    user_pubkey: str
+    delegation: str
+    rotations: str  # JSON list of base64 signed rotations, oldest first
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """One queued owner command and, once the node acknowledged it, its outcome."""
+
+    id: str
+    node_pubkey: str
+    user_pubkey: str
+    action: str
+    model: str
+    command: str  # base64 canonical CBOR of the signed command
+    status: str  # "pending" | "done" | "failed" | "refused"
+    code: str
+    message: str
+    created_at: float
+    acked_at: float | None
+
+
+_COMMAND_COLUMNS: Final = ("id, node_pubkey, user_pubkey, action, model, command, status, code,"
+                           " message, created_at, acked_at")
+
+
+def save_registration(store: Store, reg: Registration) -> None:
+    """Insert or replace the registration of ``reg.node_pubkey``."""
+    store.transaction().execute(
+        "INSERT INTO node_registry (node_pubkey, user_pubkey, delegation, rotations,"
+        " registered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_pubkey) DO UPDATE SET"
+        " user_pubkey = excluded.user_pubkey, delegation = excluded.delegation,"
+        " rotations = excluded.rotations, registered_at = excluded.registered_at",
+        (reg.node_pubkey, reg.user_pubkey, reg.delegation, reg.rotations, reg.registered_at))
+
+
+def get_registration(store: Store, node_pubkey: str) -> Registration | None:
+    """The registration of one node key, if any."""
+    row = store.transaction().execute(
+        "SELECT node_pubkey, user_pubkey, delegation, rotations, registered_at"
+        " FROM node_registry WHERE node_pubkey = ?", (node_pubkey,)).fetchone()
+    return Registration(*row) if row else None
+
+
+def registered_user_of(store: Store, node_pubkeys: list[str]) -> dict[str, str]:
+    """For those of ``node_pubkeys`` that are registered: node key → user key."""
+    if not node_pubkeys:
+        return {}
+    marks = ", ".join("?" for _ in node_pubkeys)
+    rows = store.transaction().execute(
+        f"SELECT node_pubkey, user_pubkey FROM node_registry WHERE node_pubkey IN ({marks})",
+        node_pubkeys).fetchall()
+    return {node: user for node, user in rows}
+
+
+def count_pending(store: Store, node_pubkey: str) -> int:
+    """How many of a node's commands wait for its acknowledgement."""
+    (waiting,) = store.transaction().execute(
+        "SELECT COUNT(*) FROM node_commands WHERE node_pubkey = ? AND status = 'pending'",
+        (node_pubkey,)).fetchone()
+    return int(waiting)
+
+
+def insert_command(store: Store, record: CommandRecord) -> None:
+    """Queue a command (the same command id twice stays one row)."""
+    store.transaction().execute(
+        f"INSERT INTO node_commands ({_COMMAND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (record.id, record.node_pubkey, record.user_pubkey, record.action, record.model,
+         record.command, record.status, record.code, record.message, record.created_at,
+         record.acked_at))
+
+
+def get_command(store: Store, cmd_id: str) -> CommandRecord | None:
+    """One command by id."""
+    row = store.transaction().execute(
+        f"SELECT {_COMMAND_COLUMNS} FROM node_commands WHERE id = ?", (cmd_id,)).fetchone()
+    return CommandRecord(*row) if row else None
+
+
+def pending_commands(store: Store, node_pubkey: str, limit: int) -> list[CommandRecord]:
+    """A node's commands not acknowledged yet, oldest first."""
+    rows = store.transaction().execute(
+        f"SELECT {_COMMAND_COLUMNS} FROM node_commands WHERE node_pubkey = ? AND"
+        " status = 'pending' ORDER BY created_at, id LIMIT ?", (node_pubkey, limit)).fetchall()
+    return [CommandRecord(*row) for row in rows]
+
+
+def ack_command(store: Store, node_pubkey: str, cmd_id: str, status: str, code: str,
+                message: str, now: float) -> bool:
+    """Record a pending command's outcome; False when the node has no such pending command."""
+    cur = store.transaction().execute(
+        "UPDATE node_commands SET status = ?, code = ?, message = ?, acked_at = ?"
+        " WHERE id = ? AND node_pubkey = ? AND status = 'pending'",
+        (status, code, message, now, cmd_id, node_pubkey))
+    return cur.rowcount == 1
