@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +44,8 @@ from infernet.mesh.peer_table import PeerTable
 from infernet.node.config import NodeConfig
 from infernet.node.jobs import JobExecutor
 from infernet.node.metrics import JobTracker, NodeMetrics
+from infernet.node.receipt_store import ReceiptQueue, ReceiptStatistics
+from infernet.node.receipt_submit import ReceiptSubmitter
 from infernet.node.runfiles import (
     ControlEndpoint,
     clear_run_files,
@@ -79,6 +82,8 @@ class NodeParts:
     mesh: MeshHost
     table: PeerTable
     last_announced: Callable[[], float | None]
+    receipts: ReceiptQueue | None = None  # the durable receipt queue (earnings in status)
+    submitter: ReceiptSubmitter | None = None  # None: no coordinator configured
 
 
 class NodeControl:
@@ -181,6 +186,32 @@ class NodeControl:
             "advertise": p.config.advertise,
             "control_port": self.port,
             "log_file": _log_file(),
+            "earnings": self._earnings(),
+        }
+
+    def _earnings(self) -> dict[str, Any]:
+        """Receipts by state and what the node earned (``infernet status``, "Earnings").
+
+        ``countersigned_value`` is the operator share of the countersigned receipts this node
+        holds (all time, known locally); ``unclaimed`` is the balance the coordinator last
+        reported (None until it answered), i.e. that minus what was paid out.
+        """
+        p = self.parts
+        stats = p.receipts.statistics() if p.receipts else ReceiptStatistics()
+        sub = p.submitter
+        balance = sub.balance if sub is not None else None
+        return {
+            "currency": "USDC",
+            "unclaimed": None if balance is None else _decimal(sum(balance.values(),
+                                                                   Decimal(0))),
+            "unclaimed_by_chain": None if balance is None else {
+                chain: _decimal(v) for chain, v in sorted(balance.items())},
+            "unclaimed_checked_at": sub.balance_at if sub is not None else None,
+            "coordinator_url": p.config.coordinator_url or None,
+            "countersigned_value": _decimal(sum(stats.earned.values(), Decimal(0))),
+            "receipts": {"pending": stats.pending, "countersigned": stats.countersigned,
+                         "unwitnessed": stats.unwitnessed, "rejected": stats.rejected,
+                         "dropped": stats.dropped},
         }
 
     def _bind_metrics(self) -> None:
@@ -253,6 +284,10 @@ class NodeControl:
 
 class _TooLarge(Exception):
     """The request body is larger than `MAX_REQUEST`."""
+
+
+def _decimal(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
 
 
 def _log_file() -> str | None:

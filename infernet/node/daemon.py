@@ -34,6 +34,8 @@ from infernet.node.config import NodeConfig, config_path
 from infernet.node.control import NodeControl, NodeParts
 from infernet.node.hardware import HardwareInfo, detect_hardware
 from infernet.node.jobs import JobExecutor
+from infernet.node.receipt_store import ReceiptQueue, ReceiptStore
+from infernet.node.receipt_submit import ReceiptSubmitter
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Capabilities, ModelOffer, build_announcement
 from infernet.protocol.directory import DIRECTORY_PROTOCOL
@@ -190,13 +192,19 @@ async def run_node(
                              port=config.port) as mesh:
             peers = PeerManager(mesh, key.public_key.hex())
             relay = Relay(mesh, peers.table, key.public_key.hex())
+            # Every signed receipt is kept on disk and, with a coordinator, handed to it.
+            receipts = ReceiptQueue(ReceiptStore(home))
+            submitter = (ReceiptSubmitter(receipts, config.coordinator_url, key)
+                         if config.coordinator_url else None)
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
-                                   relay=relay, key=key, weights=weights)
+                                   relay=relay, key=key, weights=weights,
+                                   on_receipt=receipts.add_nowait)
 
             announcer = _Announcer(key, config, mesh, executor, served)
             control = NodeControl(NodeParts(
                 home=home, config=config, key=key, backend=backend, executor=executor,
                 mesh=mesh, table=peers.table, last_announced=lambda: announcer.last_published,
+                receipts=receipts, submitter=submitter,
             ), stop)
             runner = control.jobs.wrap(executor.run)  # counts jobs, refuses them when draining
 
@@ -208,6 +216,9 @@ async def run_node(
             mesh.host.set_stream_handler(DIRECTORY_PROTOCOL, directory.handle)
             async with trio.open_nursery() as nursery:
                 await nursery.start(peers.serve)
+                await nursery.start(receipts.serve)
+                if submitter is not None:
+                    await nursery.start(submitter.serve)
                 nursery.start_soon(announcer.run, peers.gossip)
                 nursery.start_soon(_follow_served_models, home, served, executor)
                 if config.bootstrap:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -80,8 +81,12 @@ class JobExecutor:
         key: SecretKey | None = None,
         weights: dict[str, str] | None = None,
         chain: Chain = "base",
+        on_receipt: Callable[[SignedReceipt], None] | None = None,
     ) -> None:
         self.backend = backend
+        # Called with each receipt just before its final frame goes out; must not block
+        # (infernet.node.receipt_store.ReceiptQueue.add_nowait keeps it durably).
+        self.on_receipt = on_receipt
         self.models = models
         self.relay = relay
         self.key = key
@@ -188,10 +193,13 @@ class JobExecutor:
         self.completed += 1
         log.info("job %s done: %d+%d tokens, ttft %.0f ms, %.1f tok/s", job,
                  end.prompt_tokens, end.completion_tokens, ttft, tps)
+        receipt = self._receipt(request, end, "".join(output), ttft, tps)
+        if receipt is not None and self.on_receipt is not None:
+            self.on_receipt(receipt)
         await send(FinalFrame(job_id=job, prompt_tokens=end.prompt_tokens,
                               completion_tokens=end.completion_tokens,
                               finish_reason=end.finish_reason, ttft_ms=ttft, tokens_per_s=tps,
-                              receipt=self._receipt(request, end, "".join(output), ttft, tps)))
+                              receipt=receipt))
 
     def _receipt(self, request: JobRequest, usage: Usage, text: str, ttft_ms: float,
                  tps: float) -> SignedReceipt | None:

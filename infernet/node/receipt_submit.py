@@ -1,0 +1,228 @@
+"""Handing the node's receipts to its coordinator: the submitter task, and signed requests.
+
+Owns: ``POST {coordinator_url}/api/v1/receipts`` for every receipt in ``pending/``
+(``specs/receipts.md`` §7, ``specs/http-api.md`` "Node API"), signed with
+``X-Infernet-Auth`` (`signed_request`, which the CLI's balance and payout calls use too);
+filing the answer (countersigned or unwitnessed → ``submitted/``, a definitive refusal →
+``rejected/``); exponential backoff with full jitter while the coordinator cannot take them;
+and the node's last known balance at the coordinator, for ``infernet status``.
+
+Invariants: every call has a timeout; a receipt leaves ``pending/`` only on an answer that
+settles it; a restart loses nothing (the task starts by rescanning ``pending/``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import trio
+from trio_typing import TaskStatus
+
+from infernet.node.receipt_store import ReceiptQueue, ReceiptStatus
+from infernet.protocol.auth import AUTH_HEADER, sign_request
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.keys import SecretKey
+from infernet.protocol.receipt import (
+    decode_countersigned_receipt,
+    decode_signed_receipt,
+    receipt_id,
+    verify_receipt,
+)
+
+__all__ = ["ReceiptSubmitter", "RetryLater", "SubmitSettings", "api_url", "signed_request"]
+
+log = logging.getLogger("infernet.node.receipts")
+
+REQUEST_TIMEOUT: Final = 10.0
+# A refusal that will not change on a retry: the receipt is filed under rejected/.
+DEFINITIVE: Final = frozenset({400, 403, 410, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitSettings:
+    """Timing of the submitter (tests shorten it)."""
+
+    timeout: float = REQUEST_TIMEOUT
+    backoff_min: float = 1.0
+    backoff_max: float = 300.0
+    rescan_every: float = 60.0  # pick up receipts written by anything but this process
+    balance_every: float = 300.0
+
+
+def api_url(coordinator_url: str, path: str) -> tuple[str, str]:
+    """(absolute URL, signed target) of an API path under ``coordinator_url``."""
+    base = coordinator_url.rstrip("/")
+    prefix = urlsplit(base).path.rstrip("/")
+    return base + path, prefix + path
+
+
+async def signed_request(client: httpx.AsyncClient, key: SecretKey, method: str,
+                         coordinator_url: str, path: str, body: bytes = b"",
+                         *, timeout: float = REQUEST_TIMEOUT) -> httpx.Response:
+    """Send one ``X-Infernet-Auth``-signed request to the coordinator. Cancel-safe.
+
+    Raises:
+        httpx.HTTPError: no answer (connection refused, timeout, ...).
+    """
+    url, target = api_url(coordinator_url, path)
+    auth = sign_request(key, method=method, target=target, body=body,
+                        nonce=secrets.token_bytes(16), timestamp=int(time.time()))
+    headers = {AUTH_HEADER: auth}
+    if body:
+        headers["Content-Type"] = "application/json"
+    return await client.request(method, url, content=body, headers=headers, timeout=timeout)
+
+
+class RetryLater(Exception):
+    """Raised by a submission pass when the coordinator cannot take receipts now (down, 5xx,
+    401 before it saw this node's announcement, ...): the receipts stay pending; back off."""
+
+
+class ReceiptSubmitter:
+    """Sends pending receipts to one coordinator until cancelled."""
+
+    def __init__(self, queue: ReceiptQueue, coordinator_url: str, key: SecretKey, *,
+                 settings: SubmitSettings | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.queue = queue
+        self.url = coordinator_url
+        self.key = key
+        self.settings = settings or SubmitSettings()
+        self._transport = transport
+        self.balance: dict[str, Decimal] | None = None  # per chain, as the coordinator said
+        self.balance_at: float | None = None
+        self._balance_due = 0.0
+        self._backoff = 0.0
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Submit pending receipts until cancelled. Cancel-safe (a receipt whose answer was
+        lost stays pending and is sent again; the coordinator answers a repeat the same)."""
+        async with httpx.AsyncClient(transport=self._transport) as client:
+            task_status.started()
+            while True:
+                try:
+                    sent = await self.submit_pending(client)
+                    await self._refresh_balance(client, force=sent > 0)
+                    self._backoff = 0.0
+                except RetryLater as exc:
+                    self._backoff = min(max(self._backoff * 2, self.settings.backoff_min),
+                                        self.settings.backoff_max)
+                    delay = random.uniform(self._backoff / 2, self._backoff)  # equal jitter
+                    log.info("receipts: %s; retrying in %.0f s", exc, delay)
+                    await trio.sleep(delay)  # backoff timer, not a wait for a condition
+                    continue
+                with trio.move_on_after(self.settings.rescan_every):
+                    await self.queue.wait_new()
+
+    async def submit_pending(self, client: httpx.AsyncClient) -> int:
+        """One pass over ``pending/``, oldest first; return how many were settled.
+
+        Raises:
+            RetryLater: the coordinator cannot take receipts now (the rest stay pending).
+        """
+        settled = deferred = 0
+        for rid in await self.queue.pending_ids():
+            envelope = await self.queue.read_pending(rid)
+            if envelope is None:
+                continue
+            if await self._submit(client, rid, envelope):
+                settled += 1
+            else:
+                deferred += 1
+        if deferred:
+            raise RetryLater(f"{deferred} receipt(s) name jobs the coordinator is still running")
+        return settled
+
+    async def _submit(self, client: httpx.AsyncClient, rid: str, envelope: bytes) -> bool:
+        """Send one receipt; True when it was filed, False to try it again later.
+
+        Raises:
+            RetryLater: the coordinator cannot take receipts now.
+        """
+        try:
+            receipt = verify_receipt(decode_signed_receipt(envelope)).receipt
+        except InfernetError as exc:  # cannot happen for files this node wrote
+            await self.queue.mark_rejected(rid, self._info(0, "bad_request", str(exc)))
+            return True
+        body = msgspec.json.encode({"receipt": base64.b64encode(envelope).decode()})
+        try:
+            r = await signed_request(client, self.key, "POST", self.url, "/api/v1/receipts",
+                                     body, timeout=self.settings.timeout)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"coordinator {self.url} unreachable ({exc!r})") from None
+        doc = _json(r)
+        if r.status_code in (200, 201, 202):
+            status, filed = self._accepted(rid, envelope, r.status_code, doc)
+            await self.queue.mark_submitted(rid, filed, receipt, status, {
+                "coordinator_url": self.url, "submitted_at": round(time.time(), 3),
+                "http_status": r.status_code})
+            log.info("job %s: receipt %s %s by the coordinator", receipt.job_id, rid[:12],
+                     status)
+            return True
+        code, message = str(doc.get("error", "")), str(doc.get("error_message", r.text[:200]))
+        if r.status_code == 409:  # the final frame and this upload raced: later, this one
+            return False
+        if r.status_code in DEFINITIVE:
+            await self.queue.mark_rejected(rid, self._info(r.status_code, code, message))
+            log.warning("job %s: receipt %s rejected by the coordinator (%d %s): %s",
+                        receipt.job_id, rid[:12], r.status_code, code, message)
+            return True
+        raise RetryLater(f"coordinator answered {r.status_code} {code}: {message}")
+
+    def _accepted(self, rid: str, envelope: bytes, status_code: int,
+                  doc: dict[str, Any]) -> tuple[ReceiptStatus, bytes]:
+        """(status, envelope to keep): the countersigned one when it checks out."""
+        if status_code == 202 or doc.get("status") == "unwitnessed":
+            return "unwitnessed", envelope
+        try:
+            countersigned = base64.b64decode(str(doc.get("receipt", "")), validate=True)
+            cs = decode_countersigned_receipt(countersigned)
+        except (ValueError, InfernetError) as exc:
+            raise RetryLater(f"the coordinator's countersigned receipt does not decode: {exc}"
+                         ) from None
+        if receipt_id(cs.body) != rid:
+            raise RetryLater("the coordinator answered with another receipt")
+        return "countersigned", countersigned
+
+    def _info(self, http_status: int, code: str, message: str) -> dict[str, Any]:
+        return {"coordinator_url": self.url, "http_status": http_status, "code": code,
+                "message": message, "rejected_at": round(time.time(), 3)}
+
+    async def _refresh_balance(self, client: httpx.AsyncClient, *, force: bool) -> None:
+        """Ask for the node's balance after a submission, and now and then."""
+        now = trio.current_time()
+        if not force and now < self._balance_due:
+            return
+        self._balance_due = now + self.settings.balance_every
+        path = f"/api/v1/nodes/{self.key.public_key.hex()}/balance"
+        try:
+            r = await signed_request(client, self.key, "GET", self.url, path,
+                                     timeout=self.settings.timeout)
+        except httpx.HTTPError:
+            return  # the next pass asks again; receipts matter, the balance is a nicety
+        balances = _json(r).get("balances") if r.status_code == 200 else None
+        if isinstance(balances, dict):
+            try:
+                self.balance = {str(k): Decimal(str(v)) for k, v in balances.items()}
+            except InvalidOperation:
+                return
+            self.balance_at = time.time()
+
+
+def _json(r: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = r.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
