@@ -81,6 +81,7 @@ class JobExecutor:
         key: SecretKey | None = None,
         weights: dict[str, str] | None = None,
         chain: Chain = "base",
+        max_batch: int = _MAX_BATCH,
         on_receipt: Callable[[SignedReceipt], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -92,6 +93,7 @@ class JobExecutor:
         self.key = key
         self.weights = weights or {}
         self.chain: Chain = chain
+        self.max_batch = max(1, max_batch)  # deltas per chunk frame at most (1: no batching)
         self.limiter = trio.CapacityLimiter(max(slots, 1))
         self.node_pubkey = node_pubkey
         self.completed = 0
@@ -167,7 +169,7 @@ class JobExecutor:
             nursery.start_soon(self._pump, _to_chat(request), tx)
             async with rx:
                 async for item in rx:
-                    text, end = _batch(item, rx)
+                    text, end = _batch(item, rx, self.max_batch)
                     if text:
                         first = first or time.perf_counter()
                         output.append(text)
@@ -238,14 +240,14 @@ class JobExecutor:
                 await tx.send(exc)
 
 
-def _batch(item: _Item, rx: trio.MemoryReceiveChannel[_Item]) -> tuple[str, _End]:
+def _batch(item: _Item, rx: trio.MemoryReceiveChannel[_Item], most: int) -> tuple[str, _End]:
     """Join ``item`` with every delta already queued; stop at a usage record or an error."""
     parts: list[str] = []
     while True:
         if not isinstance(item, TextDelta):
             return "".join(parts), item
         parts.append(item.text)
-        if len(parts) >= _MAX_BATCH:
+        if len(parts) >= most:
             return "".join(parts), None
         try:
             item = rx.receive_nowait()
