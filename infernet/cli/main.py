@@ -42,6 +42,7 @@ from infernet.cli.logview import add_logs_command
 from infernet.cli.model import add_model_commands, run_model_command
 from infernet.cli.remove import add_remove_command
 from infernet.cli.service import add_service_commands
+from infernet.cli.setup import add_setup_command
 from infernet.cli.signals import run_until_signal
 from infernet.protocol.errors import InfernetError
 
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     add_keys_commands(sub)
     add_service_commands(sub)
     add_remove_command(sub)
+    add_setup_command(sub)
 
     up = sub.add_parser("up", help="run a local network: coordinator + node + demo chat")
     up.add_argument("--api-port", type=int, default=8080, help="HTTP port (default 8080)")
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_REPORTING = frozenset({"model", "status", "stop", "logs", "doctor", "config", "keys",
+_REPORTING = frozenset({"model", "setup", "status", "stop", "logs", "doctor", "config", "keys",
                         "service", "remove"})
 
 

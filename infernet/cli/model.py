@@ -70,6 +70,7 @@ __all__ = [
     "remove_model",
     "remove_one",
     "run_model_command",
+    "update_served_models",
 ]
 
 _GB: Final = 1e9
@@ -230,7 +231,7 @@ async def install_one(
             raise
         console.print(f"[dim]{exc}[/dim]", highlight=False)
         before, installed, engine = [], None, EMBEDDED_BACKEND  # built in: no download
-    served = _update_served(home, add=name, engine_models=before)
+    served = update_served_models(home, add=name, engine_models=before)
     size = installed.size_bytes if installed is not None else None
     return InstallResult(model=name, engine=engine, size_bytes=size, served_models=served)
 
@@ -333,7 +334,7 @@ async def remove_one(
         if opened or config.backend not in ("auto", "embedded"):
             raise
         engine_models = [EMBEDDED_MODEL]
-    served = _update_served(home, remove=name, engine_models=engine_models)
+    served = update_served_models(home, remove=name, engine_models=engine_models)
     return RemoveResult(model=name, engine=engine, deleted=deleted, served_models=served)
 
 
@@ -431,7 +432,7 @@ def _builtin_row(home: Path, model_cache: str) -> dict[str, Any]:
     }
 
 
-def _update_served(
+def update_served_models(
     home: Path, *, add: str | None = None, remove: str | None = None, engine_models: list[str]
 ) -> tuple[str, ...]:
     """Rewrite ``served_models`` in the config file (and only that); return the new list."""
