@@ -32,7 +32,7 @@ __all__ = ["ApiError", "CoordinatorState", "create_app"]
 log = logging.getLogger("coordinator.api")
 
 _HTTP_CODES: Final[dict[int, ErrorCode]] = {400: "bad_request", 401: "unauthorized",
-                                            404: "bad_request", 405: "bad_request",
+                                            404: "not_found", 405: "bad_request",
                                             413: "bad_request", 414: "bad_request",
                                             431: "bad_request"}
 

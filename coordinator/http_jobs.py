@@ -138,7 +138,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             owner = await state.jobs.view(record.job_id)
             if owner is not None and owner[0] == token.id:
                 return json_response(receipt_body(record, state.coordinator_pubkey))
-        raise ApiError("bad_request", f"no receipt {receipt_id!r} for this token", status=404)
+        raise ApiError("not_found", f"no receipt {receipt_id!r} for this token")
 
     @app.get("/api/v1/bootstrap")
     async def bootstrap() -> Response:
@@ -155,7 +155,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
 async def _own_job(state: CoordinatorState, token_id: str, job_id: str) -> JobView:
     found = await state.jobs.view(job_id)
     if found is None or found[0] != token_id:
-        raise ApiError("bad_request", f"no job {job_id!r} for this token", status=404)
+        raise ApiError("not_found", f"no job {job_id!r} for this token")
     return found[1]
 
 

@@ -74,7 +74,7 @@ async def test_an_oversized_body_is_refused_before_it_is_read(h: Harness, path: 
 
 async def test_unknown_routes_and_methods_have_error_bodies(h: Harness) -> None:
     r = await h.get("/api/v1/nothing")
-    assert r.status_code == 404 and (await r.get_json())["error"] == "bad_request"
+    assert r.status_code == 404 and (await r.get_json())["error"] == "not_found"
     r = await h.client.delete("/v1/chat/completions", headers=h.auth())
     assert r.status_code == 405 and (await r.get_json())["error"]["code"] == "bad_request"
 

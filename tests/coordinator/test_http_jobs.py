@@ -112,10 +112,11 @@ async def test_other_tokens_cannot_see_a_job(h: Harness) -> None:
     for path in (f"/api/v1/jobs/{job_id}", f"/api/v1/jobs/{job_id}/stream"):
         r = await h.get(path, token=other)
         assert r.status_code == 404
-        assert (await r.get_json())["error"] == "bad_request"
+        assert (await r.get_json())["error"] == "not_found"
     r = await h.get("/api/v1/jobs/job_nope")
     assert r.status_code == 404
     assert "job_nope" in (await r.get_json())["error_message"]
+    assert (await r.get_json())["error"] == "not_found"
 
 
 # --- streams ------------------------------------------------------------------------------

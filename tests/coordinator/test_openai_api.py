@@ -296,6 +296,7 @@ OPENAI_TYPES: dict[str, str] = {
     "unauthorized": "authentication_error",
     "bad_request": "invalid_request_error",
     "model_not_found": "invalid_request_error",
+    "not_found": "invalid_request_error",
     "rate_limited": "rate_limit_error",
     "no_capacity": "server_error",
     "node_disconnected": "server_error",
