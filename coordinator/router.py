@@ -66,7 +66,7 @@ def candidates(
         detail = f" with weights {weights_hash[:16]}" if weights_hash else ""
         raise InfernetError(f"no online node serves model {model!r}{detail}",
                             code="model_not_found")
-    return serving
+    return [e for e in serving if not e.announcement.caps.draining]  # [] → waits, then 503
 
 
 def _offers(entry: PeerEntry, model: str, weights_hash: str) -> bool:

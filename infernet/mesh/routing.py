@@ -90,6 +90,10 @@ def candidates(
         pinned = f" with weights {weights_hash}" if weights_hash else ""
         raise InfernetError(f"no online node serves model {model!r}{pinned}",
                             code="model_not_found")
+    serving = [e for e in serving if not e.announcement.caps.draining]
+    if not serving:
+        raise InfernetError(f"every node serving {model!r} is shutting down",
+                            code="no_capacity")
     affordable = [e for e in serving if _fits(e, model, weights_hash, max_price)]
     if not affordable:
         raise InfernetError(f"every node serving {model!r} charges more than {max_price}",

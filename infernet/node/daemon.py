@@ -85,14 +85,16 @@ class _Announcer:
             gpu=hardware.summary().gpu_label(),
             slots_total=int(self.executor.limiter.total_tokens),
             slots_free=self.executor.free_slots,
+            draining=self.executor.draining,
             listen_addrs=tuple(self.mesh.listen_addrs()) if self.config.advertise else (),
             expires_at=now + ANNOUNCE_TTL,
         )
         return encode_event(build_announcement(caps, self.key, now))
 
-    def state(self) -> tuple[tuple[str, ...], int]:
+    def state(self) -> tuple[tuple[str, ...], int, bool]:
         """What peers route on: a change here is announced at once (rate-limited)."""
-        return tuple(sorted(self.executor.models)), self.executor.free_slots
+        return (tuple(sorted(self.executor.models)), self.executor.free_slots,
+                self.executor.draining)
 
     async def run(self, gossip: AnnouncementGossip) -> None:
         last_sent = -ANNOUNCE_EVERY

@@ -86,6 +86,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     slots_total: _Count = 1
     slots_free: _Count = 1
     load: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.0
+    draining: bool = False  # stopping: finishes its jobs, takes no new one
     listen_addrs: Annotated[tuple[_Short, ...], msgspec.Meta(max_length=16)] = ()
     expires_at: _UnixTime
 

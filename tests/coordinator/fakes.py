@@ -135,12 +135,13 @@ class FakeNodes:
         return node
 
     def announce(self, node: FakeNode, *, slots: int = 4, models: tuple[str, ...] = (MODEL,),
-                 weights_hash: str = "", price: float = 0.0, free: int | None = None) -> None:
+                 weights_hash: str = "", price: float = 0.0, free: int | None = None,
+                 draining: bool = False) -> None:
         now = int(time.time())
         caps = Capabilities(backend="fake", models=tuple(
             ModelOffer(name=m, weights_hash=weights_hash, price_per_1k_output=price)
             for m in models), slots_total=slots, slots_free=slots if free is None else free,
-            expires_at=now + 120)
+            draining=draining, expires_at=now + 120)
         raw = encode_event(build_announcement(caps, node.key, now))
         ann = parse_announcement(raw, now=now, sender_pubkey=node.key.public_key)
         self.table.update(ann, node.peer_id, trio.current_time(), connected=True)

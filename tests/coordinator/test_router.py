@@ -47,6 +47,19 @@ async def test_more_free_slots_then_fewer_failures_then_lower_price() -> None:
     assert router2.ranked(MODEL, trio.current_time())[0].pubkey == dear.pubkey
 
 
+async def test_a_draining_node_gets_no_new_job_and_the_job_waits_then_503() -> None:
+    router, nodes = setup()
+    leaving = nodes.add(slots=4)
+    staying = nodes.add(slots=1)
+    nodes.announce(leaving, slots=4, draining=True)
+    assert [e.pubkey for e in router.ranked(MODEL, trio.current_time())] == [staying.pubkey]
+    nodes.announce(staying, slots=1, draining=True)
+    assert router.ranked(MODEL, trio.current_time()) == []
+    with pytest.raises(InfernetError) as busy:
+        await router.acquire(MODEL, trio.current_time() + 0.3)
+    assert busy.value.code == "no_capacity"
+
+
 async def test_ties_are_broken_at_random() -> None:
     router, nodes = setup()
     a, b = nodes.add(), nodes.add()

@@ -22,11 +22,13 @@ NOW = int(time.time())
 
 
 def _add(table: PeerTable, *, slots: int = 1, weights: str = "", price: float = 0.0,
-         model: str = "m", rtt: float | None = None, peer: str | None = None) -> str:
+         model: str = "m", rtt: float | None = None, peer: str | None = None,
+         draining: bool = False) -> str:
     key = SecretKey.generate()
     caps = Capabilities(backend="t", models=(ModelOffer(name=model, weights_hash=weights,
                                                         price_per_1k_output=price),),
-                        slots_total=slots, slots_free=slots, expires_at=NOW + 60)
+                        slots_total=slots, slots_free=slots, draining=draining,
+                        expires_at=NOW + 60)
     ann = parse_announcement(encode_event(build_announcement(caps, key, NOW)), now=NOW,
                              sender_pubkey=key.public_key)
     peer_id = peer or key.public_key.hex()[:16]
@@ -68,6 +70,18 @@ def test_outcomes_survive_a_re_announcement_and_stay_bounded() -> None:
     assert again is not None and again is not entry and again.failures(101.0) == OUTCOMES_KEPT
     table.record_outcome("unknown", False, 1.0)  # a peer we never heard of: nothing to keep
     assert table.get("unknown") is None
+
+
+def test_draining_nodes_are_skipped_and_only_draining_ones_mean_no_capacity() -> None:
+    table = PeerTable()
+    _add(table, slots=8, draining=True)
+    staying = _add(table, slots=1)
+    assert [e.pubkey for e in candidates(table, "m", 1.0)] == [staying]
+    only_draining = PeerTable()
+    _add(only_draining, draining=True)
+    with pytest.raises(InfernetError) as exc:
+        candidates(only_draining, "m", 1.0)
+    assert exc.value.code == "no_capacity" and "shutting down" in str(exc.value)
 
 
 def test_weights_pin_and_price_cap() -> None:
