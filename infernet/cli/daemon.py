@@ -170,12 +170,31 @@ def render_status(doc: dict[str, Any]) -> str:
                  f"{jobs['relayed']} relayed"),
         ("Tokens", f"{doc['tokens']['prompt']} prompt, {doc['tokens']['completion']} "
                    "completion"),
+        ("Earnings", _earnings(doc.get("earnings"))),
         ("Announced", _ago(doc["last_announcement_age_s"])),
         ("Listening", "\n".ljust(13).join(doc["listen_addrs"]) or "-"),
         ("Control", f"http://127.0.0.1:{doc['control_port']} (/status, /metrics)"),
         ("Log", doc["log_file"] or "-"),
     ]
     return "\n".join(f"{name + ':':<12} {value}" for name, value in rows)
+
+
+def _earnings(earnings: dict[str, Any] | None) -> str:
+    """``12.84 USDC unclaimed (checked 2m ago)`` and the receipts by state."""
+    if not earnings:
+        return "-"
+    r = earnings["receipts"]
+    if earnings["unclaimed"] is not None:
+        checked = earnings["unclaimed_checked_at"]
+        head = (f"{earnings['unclaimed']} USDC unclaimed (coordinator, checked "
+                f"{_ago(time.time() - checked) if checked else 'never'})")
+    elif earnings["coordinator_url"]:
+        head = "unclaimed balance not known yet (coordinator not reached)"
+    else:
+        head = "no coordinator configured (receipts are kept locally)"
+    return (f"{head}\n{'':13}receipts: {r['pending']} pending, {r['countersigned']} "
+            f"countersigned ({earnings['countersigned_value']} USDC), {r['unwitnessed']} "
+            f"unwitnessed, {r['rejected']} rejected")
 
 
 def _cmd_status(args: argparse.Namespace, home: Path) -> int:

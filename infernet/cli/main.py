@@ -40,6 +40,7 @@ from infernet.cli.keys import add_keys_commands
 from infernet.cli.logs import setup_logging
 from infernet.cli.logview import add_logs_command
 from infernet.cli.model import add_model_commands, run_model_command
+from infernet.cli.payout import add_payout_commands
 from infernet.cli.remove import add_remove_command
 from infernet.cli.service import add_service_commands
 from infernet.cli.setup import add_setup_command
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     add_keys_commands(sub)
     add_service_commands(sub)
     add_remove_command(sub)
+    add_payout_commands(sub)
     add_setup_command(sub)
 
     up = sub.add_parser("up", help="run a local network: coordinator + node + demo chat")
@@ -100,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _REPORTING = frozenset({"model", "setup", "status", "stop", "logs", "doctor", "config", "keys",
-                        "service", "remove"})
+                        "service", "remove", "payout", "payments"})
 
 
 def _home() -> Path:

@@ -16,14 +16,17 @@ from typing import Annotated, Final
 import msgspec
 
 from infernet.backends.engines import BackendChoice
+from infernet.protocol.address import AddressError, check_address
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import KeyFormatError, SecretKey
 from infernet.protocol.ports import NODE_P2P_PORT
+from infernet.protocol.pricing import Coin, Network, PricingError, payout_network
 
 __all__ = [
     "BackendKind",
     "ConfigError",
     "NodeConfig",
+    "PayoutAddress",
     "config_path",
     "home_dir",
     "init_home",
@@ -47,6 +50,22 @@ class ConfigError(InfernetError):
     which file and key, and how to fix it."""
 
     code = "bad_request"
+
+
+class PayoutAddress(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where earnings in ``coin`` on ``network`` are paid (``infernet payout set``)."""
+
+    coin: Coin
+    network: Network
+    address: str
+
+    def __post_init__(self) -> None:
+        # A hand-edited config is held to the same rules as `infernet payout set`.
+        try:
+            payout_network(self.coin, self.network)
+            check_address(self.network, self.address)
+        except (AddressError, PricingError) as exc:
+            raise ValueError(str(exc)) from None
 
 
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -85,6 +104,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     engine_health_interval: float = 5.0
     model_cache: str = ""
     price_per_1k_output: float = 0.0
+    # One address per (coin, network); `infernet payout` pays each settlement chain to the
+    # USDC address on it (infernet.cli.payout).
+    payout_addresses: tuple[PayoutAddress, ...] = ()
 
 
 def home_dir(env: dict[str, str] | None = None) -> Path:

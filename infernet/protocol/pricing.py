@@ -2,8 +2,9 @@
 
 Owns: the numbers of DESIGN.md §3 "Receipts" and the operator book's earnings chapter
 (``specs/receipts.md`` §5): VRAM tier of a GPU, default model per tier, the per-token rates
-of each model size band, the value of a job, the 15 % platform fee, and the minimum payout
-of each chain.
+of each model size band, the value of a job, the 15 % platform fee, the minimum payout
+of each chain, and the coins and networks an operator can name a payout address for
+(``infernet payout set``; address formats are ``infernet.protocol.address``).
 
 Invariants:
 
@@ -25,15 +26,20 @@ from infernet.protocol.errors import ErrorCode, InfernetError
 __all__ = [
     "BANDS",
     "CHAINS",
+    "COINS",
+    "COIN_NETWORKS",
     "DEFAULT_MODELS",
     "EMBEDDED_MODEL",
+    "NETWORKS",
     "OUTPUT_WEIGHT",
     "PAYOUT_MINIMUMS",
     "PLATFORM_FEE",
     "TOKEN_DECIMALS",
     "VRAM_TIERS",
     "Chain",
+    "Coin",
     "FeeSplit",
+    "Network",
     "PricingError",
     "Rates",
     "SizeBand",
@@ -43,6 +49,7 @@ __all__ = [
     "model_params_b",
     "payout_amount",
     "payout_minimum",
+    "payout_network",
     "rates_for_model",
     "size_band",
     "split_fee",
@@ -53,6 +60,28 @@ VramTier = Literal[">=48gb", ">=24gb", ">=12gb", ">=8gb", "cpu"]
 VRAM_TIERS: Final[tuple[VramTier, ...]] = get_args(VramTier)
 Chain = Literal["base", "ethereum", "polygon", "solana"]
 CHAINS: Final[tuple[Chain, ...]] = get_args(Chain)
+
+# Where an operator can be paid (the seeds' FAQ: BTC, ETH, SOL, POL, BNB, XRP, DOGE; USDT on
+# Ethereum/Polygon/Solana; USDC on Ethereum/Polygon/Solana/Base, and Arbitrum as the book's
+# `payout set` example shows). Settlement happens in USDC on a `Chain`; the other coins are
+# stored for when a gateway pays in them. BCH and ADA are not offered: their address formats
+# (CashAddr; Shelley bech32 longer than 90 characters) have no maintained validator here.
+Coin = Literal["USDC", "USDT", "BTC", "ETH", "SOL", "POL", "BNB", "XRP", "DOGE"]
+COINS: Final[tuple[Coin, ...]] = get_args(Coin)
+Network = Literal["base", "ethereum", "polygon", "solana", "arbitrum", "bsc", "bitcoin",
+                  "xrp", "dogecoin"]
+NETWORKS: Final[tuple[Network, ...]] = get_args(Network)
+COIN_NETWORKS: Final[dict[Coin, tuple[Network, ...]]] = {  # the first is the default
+    "USDC": ("base", "ethereum", "polygon", "solana", "arbitrum"),
+    "USDT": ("ethereum", "polygon", "solana"),
+    "BTC": ("bitcoin",),
+    "ETH": ("ethereum", "base", "arbitrum"),
+    "SOL": ("solana",),
+    "POL": ("polygon",),
+    "BNB": ("bsc",),
+    "XRP": ("xrp",),
+    "DOGE": ("dogecoin",),
+}
 
 _MIB_PER_GB: Final = 1024
 # Lower bound of each GPU tier in GiB of VRAM, best first; below the last one is "cpu".
@@ -248,6 +277,28 @@ def payout_minimum(chain: str) -> Decimal:
         if known == chain:
             return minimum
     raise PricingError(f"unknown chain {chain!r}; known: {', '.join(CHAINS)}")
+
+
+def payout_network(coin: str, network: str | None = None) -> tuple[Coin, Network]:
+    """Return (coin, network) for a payout address; ``network`` None picks the coin's default.
+
+    Names are case-insensitive (``usdc`` → ``USDC``, ``Base`` → ``base``).
+
+    Raises:
+        PricingError: unknown coin, or a network the coin is not paid on.
+    """
+    wanted = coin.strip().upper()
+    known = next((c for c in COINS if c == wanted), None)
+    if known is None:
+        raise PricingError(f"unknown coin {coin!r}; known: {', '.join(COINS)}")
+    networks = COIN_NETWORKS[known]
+    if network is None:
+        return known, networks[0]
+    net = next((n for n in networks if n == network.strip().lower()), None)
+    if net is None:
+        raise PricingError(f"{known} is not paid on {network!r}; networks for {known}: "
+                           f"{', '.join(networks)}")
+    return known, net
 
 
 def payout_amount(balance: Decimal, chain: str) -> Decimal | None:
