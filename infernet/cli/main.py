@@ -33,6 +33,7 @@ import trio
 
 from infernet import __version__
 from infernet.cli.chat import add_chat_command
+from infernet.cli.command import add_command_commands
 from infernet.cli.config import add_config_commands
 from infernet.cli.daemon import add_daemon_commands, add_start_options
 from infernet.cli.doctor import add_doctor_command
@@ -41,6 +42,7 @@ from infernet.cli.logs import setup_logging
 from infernet.cli.logview import add_logs_command
 from infernet.cli.model import add_model_commands, run_model_command
 from infernet.cli.payout import add_payout_commands
+from infernet.cli.register import add_register_command
 from infernet.cli.remove import add_remove_command
 from infernet.cli.service import add_service_commands
 from infernet.cli.setup import add_setup_command
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create the node key and config")
     init.add_argument("--force", action="store_true", help="replace an existing key")
+    init.add_argument("--user-key", type=Path, metavar="FILE",
+                      help="your user key kept elsewhere (default: INFERNET_USER_KEY, else "
+                      "keys/user.key, created if there is none)")
 
     start = sub.add_parser("start", help="run the node in the foreground")
     start.add_argument("--port", type=int, help="libp2p TCP port (default 46337)")
@@ -87,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     add_doctor_command(sub)
     add_config_commands(sub)
     add_keys_commands(sub)
+    add_register_command(sub)
+    add_command_commands(sub)
     add_service_commands(sub)
     add_remove_command(sub)
     add_payout_commands(sub)
@@ -102,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _REPORTING = frozenset({"model", "setup", "status", "stop", "logs", "doctor", "config", "keys",
-                        "service", "remove", "payout", "payments"})
+                        "service", "remove", "register", "payout", "payments"})
 
 
 def _home() -> Path:
@@ -112,14 +119,17 @@ def _home() -> Path:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from infernet.cli.keys import check_user_key, report_identity
     from infernet.node.config import config_path, init_home
     from infernet.protocol.keys import encode_npub
 
     home = _home()
+    check_user_key(home, args.user_key)  # a bad --user-key writes nothing
     key, created = init_home(home, force=args.force)
     print(("Created" if created else "Kept existing") + f" node key in {home / 'keys'}")
     print(f"Node id: {encode_npub(key.public_key)}")
     print(f"Config:  {config_path(home)}")
+    report_identity(home, key, args.user_key)
     return 0
 
 
@@ -178,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up" and not args.verbose:
         # The demo's answer streams to the terminal: keep routine log lines in the file.
         setup_logging(log_file=_home() / "logs" / "up.log", terminal_level=logging.WARNING)
-    elif args.command == "chat" and not args.verbose:
+    elif args.command in ("chat", "command") and not args.verbose:
         # Our own error line says why a dial failed; libp2p's retries would only repeat it.
         setup_logging(terminal_level=logging.WARNING, third_party_level=logging.CRITICAL)
     elif args.command in _REPORTING and not args.verbose:

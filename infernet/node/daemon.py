@@ -34,6 +34,7 @@ from infernet.node.config import NodeConfig, config_path
 from infernet.node.control import NodeControl, NodeParts
 from infernet.node.hardware import HardwareInfo, detect_hardware
 from infernet.node.jobs import JobExecutor
+from infernet.node.owner_service import refresh_model_keys, serve_owner_commands
 from infernet.node.receipt_store import ReceiptQueue, ReceiptStore
 from infernet.node.receipt_submit import ReceiptSubmitter
 from infernet.node.relay import Relay
@@ -147,7 +148,8 @@ class _Served:
                      for m in sorted(served, key=lambda m: m.name))
 
 
-async def _follow_served_models(home: Path, served: _Served, executor: JobExecutor) -> None:
+async def _follow_served_models(home: Path, served: _Served, executor: JobExecutor,
+                                key: SecretKey) -> None:
     """Serve what ``served_models`` says as the operator edits it (``infernet model ...``);
     the announcer sees the new set and re-announces at once."""
     first = True
@@ -164,6 +166,7 @@ async def _follow_served_models(home: Path, served: _Served, executor: JobExecut
         if served.models() != executor.models:
             log.info("now serving: %s", ", ".join(sorted(served.models())) or "nothing")
             executor.models = served.models()
+            refresh_model_keys(home, key, executor.weights)
 
 
 async def run_node(
@@ -190,6 +193,7 @@ async def run_node(
         await served.refresh(config.served_models)
         models, weights = served.models(), served.weights()
         log.info("engine %s ready; models: %s", backend.name, ", ".join(sorted(models)))
+        refresh_model_keys(home, key, weights)  # one delegated key per served model
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
             peers = PeerManager(mesh, key.public_key.hex())
@@ -222,7 +226,8 @@ async def run_node(
                 if submitter is not None:
                     await nursery.start(submitter.serve)
                 nursery.start_soon(announcer.run, peers.gossip)
-                nursery.start_soon(_follow_served_models, home, served, executor)
+                nursery.start_soon(_follow_served_models, home, served, executor, key)
+                await nursery.start(serve_owner_commands, home, config, key, mesh)
                 if config.bootstrap:
                     nursery.start_soon(keep_connected, mesh, list(config.bootstrap))
                 if config.coordinator_url:
