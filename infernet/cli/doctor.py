@@ -1,9 +1,14 @@
 """``infernet doctor``: check everything a node needs, and say how to fix what is wrong.
 
-Owns: the checks (config and key files and their modes, the running node, the engine, the
-listen and control ports, disk space, the log file, the coordinator and the clock against it,
-the GPU, mDNS), each ending ``[OK]``, ``[WARN]`` or ``[FAIL]`` with a one-line fix, and the
-exit code: 1 when any check fails, else 0. ``--json`` prints the same as one document.
+Owns: the checks (config and key files and their modes, the running node, the engine and
+whether its models match ``served_models``, the VRAM fit of served models, the listen and
+control ports, disk space, the log file, the coordinator and the clock against it, the GPU
+and its driver/CUDA version (`infernet.node.gpu_driver`), mDNS), each ending ``[OK]``,
+``[WARN]`` or ``[FAIL]`` with a one-line fix, and the exit code: 1 when any check fails,
+else 0. ``--json`` prints the same as one document.
+
+A CPU-only node is valid (the embedded engine serves on CPU): no GPU is a warning; a GPU
+whose driver does not work is a failure.
 
 A check never raises: what it could not find out is its result. The engine and hardware
 checks use `infernet.backends.select` and `infernet.node.hardware` when this build has them
@@ -43,6 +48,7 @@ from infernet.node.config import (
     loose_permissions,
 )
 from infernet.node.runfiles import log_file_path, read_pid
+from infernet.protocol.errors import InfernetError
 
 __all__ = ["Check", "add_doctor_command", "run_checks"]
 
@@ -71,6 +77,7 @@ class _Context:
     config: NodeConfig
     status: dict[str, Any] | None = None
     hardware: Any = None  # infernet.node.hardware.HardwareInfo when this build detects it
+    engine: Any = None  # infernet.cli.recommend.EngineSurvey of a reachable engine
     checks: list[Check] = field(default_factory=list)
 
     def add(self, name: str, status: Status, detail: str, fix: str = "") -> None:
@@ -197,7 +204,37 @@ def _check_backend(ctx: _Context) -> None:
         ctx.add("Backend", "warn", f"backend={ctx.config.backend}: this build cannot probe "
                 "engines", "start the node and run doctor again")
         return
-    ctx.add(*trio.run(_probe_backend, select, ctx.config))
+    result = trio.run(_probe_backend, select, ctx.config)
+    ctx.add(*result)
+    if result[1] == "ok":
+        _check_engine_models(ctx)
+
+
+def _check_engine_models(ctx: _Context) -> None:
+    """With no node running: does the engine have every model in served_models?"""
+    from infernet.cli.recommend import survey_engine
+
+    try:
+        survey = trio.run(survey_engine, ctx.config, ctx.home, dict(os.environ))
+    except InfernetError as exc:
+        ctx.add("Models", "warn", f"cannot list the engine's models: {exc}",
+                "check the engine's logs")
+        return
+    ctx.engine = survey
+    served = ctx.config.served_models
+    missing = [m for m in served if not survey.has(m)]
+    if missing:
+        how = ("install them (`infernet model install NAME`)" if survey.can_pull
+               else survey.hint)
+        ctx.add("Models", "warn", f"served_models lists {', '.join(missing)} but "
+                f"{survey.engine} has {', '.join(survey.models) or 'no model'}",
+                f"{how}, or remove them from served_models (`infernet model remove NAME`)")
+    elif not served and not survey.models:
+        ctx.add("Models", "warn", f"{survey.engine} has no model",
+                "install one: `infernet model recommend` lists what fits")
+    else:
+        shown = ", ".join(served) or f"everything {survey.engine} lists"
+        ctx.add("Models", "ok", f"in sync: {shown}")
 
 
 async def _probe_backend(select: Any, config: NodeConfig) -> tuple[str, Status, str, str]:
@@ -235,24 +272,36 @@ def _check_models(ctx: _Context, served: list[str]) -> None:
 
 
 def _check_fit(ctx: _Context) -> None:
-    doc, info = ctx.status, ctx.hardware
-    if doc is None or info is None or not doc["models"]:
-        return  # nothing served, or this build cannot tell the machine's memory
-    try:
-        fit = importlib.import_module("infernet.backends.fit")
-    except ImportError:
+    doc, info, survey = ctx.status, ctx.hardware, ctx.engine
+    if doc is not None:
+        names = list(doc["models"])
+        naming = _naming(doc["backend"]["name"])
+    elif survey is not None:
+        names = list(ctx.config.served_models or survey.models)
+        naming = survey.naming
+    else:
         return
+    if info is None or not names:
+        return  # nothing served, or this build cannot tell the machine's memory
     from infernet.backends.base import ModelInfo
+    from infernet.backends.fit import check_fit
 
     budget = info.memory_budget_bytes or None
-    verdicts = [fit.check_fit(ModelInfo(name=name), budget) for name in doc["models"]]
+    verdicts = [check_fit(ModelInfo(name=name), budget, naming) for name in names]
     too_big = [v.reason for v in verdicts if not v.fits]
     if too_big:
         ctx.add("VRAM fit", "warn", "; ".join(too_big),
-                "serve a smaller or more quantized variant")
+                "serve a smaller or more quantized variant (`infernet model recommend`)")
     else:
         memory = "VRAM" if info.vram_total_bytes else "RAM"
         ctx.add("VRAM fit", "ok", f"every served model fits in {memory}")
+
+
+def _naming(engine: str) -> Any:
+    from infernet.backends.engines import ENGINES
+
+    spec = ENGINES.get(engine)  # type: ignore[call-overload]
+    return spec.model_naming if spec is not None else "alias"
 
 
 def _port_free(host: str, port: int) -> str:
@@ -348,22 +397,55 @@ def _check_clock(ctx: _Context, r: httpx.Response, local: float) -> None:
 
 
 def _check_gpu(ctx: _Context) -> None:
-    try:
-        hardware = importlib.import_module("infernet.node.hardware")
-    except ImportError:
-        ctx.add("GPU", "warn", "this build cannot detect GPUs", "")
-        return
-    info = hardware.detect_hardware(ctx.home if ctx.home.exists() else Path.home())
+    from infernet.node.hardware import detect_hardware
+
+    info = detect_hardware(ctx.home if ctx.home.exists() else Path.home())
     ctx.hardware = info
     if not info.gpus:
-        ctx.add("GPU", "warn", "no GPU found: serving on CPU",
-                "for larger models install the GPU driver (NVIDIA: nvidia-smi must work)")
+        ctx.add("GPU", "warn", f"no GPU found: serving on CPU (tier {info.tier}; the embedded "
+                "engine serves small models)", "for larger models install the GPU driver "
+                "(NVIDIA: nvidia-smi must work), then run `infernet setup`")
         return
     label = info.summary().gpu_label()
-    ctx.add("GPU", "ok", f"{label} via {info.gpu_source}")
+    ctx.add("GPU", "ok", f"{label} via {info.gpu_source}, tier {info.tier}")
+
+
+def _check_gpu_driver(ctx: _Context) -> None:
+    from infernet.node.gpu_driver import MIN_CUDA, cuda_at_least, probe_driver
+
+    report = probe_driver()
+    info = ctx.hardware
+    if not report.present:
+        if info is not None and info.gpus:  # Apple Silicon: Metal, no driver to install
+            ctx.add("GPU driver", "ok", f"{info.gpus[0].vendor} GPU, no separate driver")
+        else:
+            ctx.add("GPU driver", "warn", "no NVIDIA or AMD driver: a CPU-only node (valid "
+                    "with the embedded engine)", "to serve on a GPU install the NVIDIA driver "
+                    "(CUDA 12.1+ for vLLM/SGLang) or ROCm 5.7+, then `infernet setup`")
+        return
+    vendor = "NVIDIA" if report.vendor == "nvidia" else "AMD"
+    if not report.usable:
+        tool = "nvidia-smi" if report.vendor == "nvidia" else "rocm-smi"
+        ctx.add("GPU driver", "fail", f"{vendor} GPU driver unusable: {report.detail}",
+                f"(re)install the {vendor} driver for your kernel and reboot; `{tool}` "
+                "must list the GPU")
+        return
+    runtime = "CUDA" if report.vendor == "nvidia" else "ROCm"
+    shown = f"{vendor} {report.driver_version}, {runtime} {report.runtime_version or 'unknown'}"
+    old_cuda = (report.vendor == "nvidia" and report.runtime_version is not None
+                and not cuda_at_least(report.runtime_version))
+    if old_cuda:
+        ctx.add("GPU driver", "warn", f"{shown} (vLLM and SGLang need CUDA "
+                f"{MIN_CUDA[0]}.{MIN_CUDA[1]}+; Ollama brings its own)",
+                "update the NVIDIA driver to one that supports CUDA 12.1 or newer")
+    else:
+        ctx.add("GPU driver", "ok", shown)
 
 
 def _check_mdns(ctx: _Context) -> None:
+    if not ctx.config.mdns:
+        ctx.add("mDNS", "ok", "LAN discovery is off (mdns = false)")
+        return
     if importlib.util.find_spec("zeroconf") is None:
         ctx.add("mDNS", "warn", "zeroconf is not installed: no LAN discovery",
                 "pip install zeroconf")
@@ -375,7 +457,7 @@ def _check_mdns(ctx: _Context) -> None:
 
 CHECKS: Final[tuple[Callable[[_Context], None], ...]] = (
     _check_config, _check_keys, _check_node, _check_backend, _check_ports, _check_disk,
-    _check_log, _check_coordinator, _check_gpu, _check_fit, _check_mdns,
+    _check_log, _check_coordinator, _check_gpu, _check_gpu_driver, _check_fit, _check_mdns,
 )
 
 

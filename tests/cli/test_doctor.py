@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from infernet.node.config import init_home
+import pytest
+import trio
+
+from infernet.cli.doctor import run_checks
+from infernet.node.config import NodeConfig, init_home, save_config
+from tests.backends.fake_ollama import FakeOllama
 from tests.cli.conftest import Cli
 
 
@@ -115,3 +123,95 @@ def test_unreachable_coordinator_and_invalid_config(cli: Cli) -> None:
     assert code == 1
     assert checks["Config"]["status"] == "fail" and "not valid JSON" in checks["Config"]["detail"]
     assert checks["Node key"]["status"] == "fail" and "infernet init" in checks["Node key"]["fix"]
+
+
+# -- GPU driver ----------------------------------------------------------------------------------
+
+REAL_GPU = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
+SMI_HEADER = ("| NVIDIA-SMI 545.29.06   Driver Version: 545.29.06   CUDA Version: {cuda}   |\n")
+
+
+def fake_nvidia_smi(cli: Cli, tmp_path: Path, script: str) -> None:
+    """Put an ``nvidia-smi`` shell script first on the node's PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text("#!/bin/sh\n" + script)
+    tool.chmod(0o755)
+    cli.env["PATH"] = f"{bin_dir}{os.pathsep}{cli.env['PATH']}"
+
+
+def working_smi(cuda: str) -> str:
+    return ('case "$1" in --query-gpu=*) echo "NVIDIA GeForce RTX 4090, 24564, 24000";;\n'
+            f'*) printf "%s" "{SMI_HEADER.format(cuda=cuda)}";; esac\n')
+
+
+def gpu_checks(cli: Cli) -> tuple[int, dict[str, dict[str, str]]]:
+    init_home(cli.home)
+    cli.env.update(INFERNET_BACKEND="embedded", INFERNET_PORT=str(free_port()))
+    return doctor(cli)
+
+
+@pytest.mark.skipif(REAL_GPU, reason="this machine has an NVIDIA GPU")
+def test_cpu_only_node_warns_about_the_gpu_and_passes(cli: Cli) -> None:
+    code, checks = gpu_checks(cli)
+    assert code == 0, checks
+    driver = checks["GPU driver"]
+    assert driver["status"] == "warn" and "CPU-only node" in driver["detail"]
+    assert "NVIDIA driver" in driver["fix"] and "ROCm" in driver["fix"]
+    assert checks["GPU"]["status"] == "warn"
+
+
+def test_a_working_nvidia_driver_reports_its_versions(cli: Cli, tmp_path: Path) -> None:
+    fake_nvidia_smi(cli, tmp_path, working_smi("12.4"))
+    code, checks = gpu_checks(cli)
+    assert checks["GPU driver"] == {"name": "GPU driver", "status": "ok",
+                                    "detail": "NVIDIA 545.29.06, CUDA 12.4", "fix": ""}
+    assert checks["GPU"]["status"] == "ok"
+    if not REAL_GPU:  # pynvml answers first on a machine with a real GPU
+        assert checks["GPU"]["detail"].startswith("NVIDIA GeForce RTX 4090 (24 GB) via nvidia-smi")
+    assert code == 0, checks
+
+
+def test_an_old_cuda_warns(cli: Cli, tmp_path: Path) -> None:
+    fake_nvidia_smi(cli, tmp_path, working_smi("11.8"))
+    code, checks = gpu_checks(cli)
+    driver = checks["GPU driver"]
+    assert driver["status"] == "warn" and "CUDA 11.8" in driver["detail"]
+    assert "12.1" in driver["fix"]
+    assert code == 0
+
+
+def test_a_gpu_whose_driver_is_broken_fails(cli: Cli, tmp_path: Path) -> None:
+    fake_nvidia_smi(cli, tmp_path, "echo \"NVIDIA-SMI has failed because it couldn't "
+                    "communicate with the NVIDIA driver.\"\nexit 9\n")
+    code, checks = gpu_checks(cli)
+    driver = checks["GPU driver"]
+    assert code == 1
+    assert driver["status"] == "fail"
+    assert "exited with status 9: NVIDIA-SMI has failed" in driver["detail"]
+    assert "nvidia-smi" in driver["fix"] and "reboot" in driver["fix"]
+    human = cli("doctor")
+    assert human.returncode == 1 and "[FAIL] GPU driver: NVIDIA GPU driver unusable" in human.stdout
+
+
+async def test_models_in_sync_with_the_engine_when_no_node_runs(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    fake = FakeOllama()
+    await nursery.start(fake.serve)
+    init_home(tmp_path)
+    save_config(tmp_path, NodeConfig(backend="ollama", ollama_host=fake.url, port=0,
+                                     served_models=("qwen2.5:7b", "mistral:7b")))  # fmt: skip
+    checks = {c.name: c for c in await trio.to_thread.run_sync(run_checks, tmp_path)}
+    assert checks["Backend"].status == "ok"
+    models = checks["Models"]
+    assert models.status == "warn"
+    assert models.detail.startswith("served_models lists mistral:7b but ollama has qwen2.5:7b")
+    assert "infernet model install" in models.fix
+    assert checks["VRAM fit"].status in ("ok", "warn")  # depends on this machine's memory
+
+    save_config(tmp_path, NodeConfig(backend="ollama", ollama_host=fake.url, port=0,
+                                     served_models=("qwen2.5:7b",)))  # fmt: skip
+    checks = {c.name: c for c in await trio.to_thread.run_sync(run_checks, tmp_path)}
+    assert (checks["Models"].status, checks["Models"].detail) == ("ok", "in sync: qwen2.5:7b")
