@@ -45,7 +45,8 @@ def _finish(result: ChatResult, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"text": result.text, "prompt_tokens": result.prompt_tokens,
                           "completion_tokens": result.completion_tokens,
-                          "finish_reason": result.finish_reason, "node": result.node_pubkey}))
+                          "finish_reason": result.finish_reason, "node": result.node_pubkey,
+                          "receipt_id": result.receipt_id or None}))
     else:
         print()
         print(f"({result.prompt_tokens} prompt + {result.completion_tokens} completion tokens; "
