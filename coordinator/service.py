@@ -1,14 +1,16 @@
 """Running the coordinator: store writer, job manager, mesh peer, announcements and HTTP.
 
 Owns: the coordinator's data directory (SQLite database and its libp2p key), the peer
-table fed by verified announcements and connection events, and composing everything in one
-nursery: the store's group-commit writer, the pool of pre-opened job streams, the job
-manager (which sweeps what a previous run left unfinished before anything is served), the
-gossip listener and ``hypercorn.trio.serve``.
+table (`infernet.mesh.peers.PeerManager`: verified announcements, liveness pings and RTT,
+connection events, peer exchange), redialling the nodes a previous run knew, and composing
+everything in one nursery: the store's group-commit writer, the pool of pre-opened job
+streams, the job manager (which sweeps what a previous run left unfinished before anything
+is served), the peer manager and ``hypercorn.trio.serve``.
 
 Invariants: nodes are learned only from verified announcements; a node is offline at once
-when its connection drops; ``task_status.started`` fires only once HTTP and libp2p listen
-and the start-up sweep is done; on shutdown queued store writes are committed.
+when its connection drops and within 2 s when it stops answering pings;
+``task_status.started`` fires only once HTTP and libp2p listen and the start-up sweep is
+done; on shutdown queued store writes are committed.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -36,11 +40,11 @@ from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM, HOUR, Limits, RateLi
 from coordinator.router import Router
 from coordinator.store import AsyncStore, PeerRecord, Store
 from coordinator.stream_pool import StreamPool
-from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.peer_table import PeerTable
-from infernet.protocol.announce import Announcement
+from infernet.mesh.peers import PeerManager
+from infernet.protocol.announce import Announcement, parse_announcement
 from infernet.protocol.auth import AuthVerifier
+from infernet.protocol.errors import InfernetError
 from infernet.protocol.event import encode_event
 from infernet.protocol.keys import SecretKey
 
@@ -53,6 +57,9 @@ DEFAULT_HTTP_PORT: Final = 8080
 DEFAULT_P2P_PORT: Final = 46338
 DB_FILE: Final = "coordinator.db"
 KEY_FILE: Final = "coordinator.key"
+MAX_NODE_CONNECTIONS: Final = 256  # peer exchange dials nodes up to this many connections
+REDIAL_KNOWN_WITHIN: Final = 7 * 24 * 3600.0  # a node unseen for a week is not redialled
+REDIAL_CONCURRENCY: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +134,17 @@ async def run_coordinator(
 async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: MeshHost,
                  task_status: TaskStatus[CoordinatorInfo]) -> None:
     astore = AsyncStore(store)
-    table = PeerTable()
+
+    async def on_announcement(ann: Announcement, peer_id: str, connected: bool) -> None:
+        log.info("node %s announced %s", ann.pubkey.hex()[:12],
+                 ", ".join(m.name for m in ann.caps.models) or "no models")
+        astore.write_nowait(store.save_peer, PeerRecord(
+            ann.pubkey.hex(), peer_id, encode_event(ann.event).decode(), time.time()))
+        router.notify(table.get(ann.pubkey.hex()))
+
+    peers = PeerManager(mesh, key.public_key.hex(), max_peers=MAX_NODE_CONNECTIONS,
+                        on_change=on_announcement)
+    table = peers.table
     router = Router(table)
     metrics = Metrics()
     limiter = RateLimiter()
@@ -139,19 +156,8 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
                   router.inflight, streams.idle)
 
-    async def on_announcement(ann: Announcement, peer_id: str) -> None:
-        connected = mesh.is_connected(peer_id)
-        if table.update(ann, peer_id, trio.current_time(), connected=connected):
-            log.info("node %s announced %s", ann.pubkey.hex()[:12],
-                     ", ".join(m.name for m in ann.caps.models) or "no models")
-            astore.write_nowait(store.save_peer, PeerRecord(
-                ann.pubkey.hex(), peer_id, encode_event(ann.event).decode(), time.time()))
-            router.notify(table.get(ann.pubkey.hex()))
-
     async def on_disconnect(peer_id: str) -> None:
-        streams.drop(peer_id)
-        for pubkey in table.mark_disconnected(peer_id):
-            log.info("node %s disconnected", pubkey[:12])
+        streams.drop(peer_id)  # the peer manager marks its nodes offline
 
     mesh.on_disconnect(on_disconnect)
     state = CoordinatorState(
@@ -170,8 +176,8 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
         await nursery.start(astore.serve)
         await nursery.start(streams.serve)
         await nursery.start(jobs.serve)
-        gossip = AnnouncementGossip(mesh, on_announcement)
-        await nursery.start(gossip.serve)
+        await nursery.start(peers.serve)
+        nursery.start_soon(redial_known_nodes, mesh, store.load_peers(), time.time())
         nursery.start_soon(_housekeeping, limiter)
         urls = await nursery.start(partial(serve, create_app(state), hconfig))
         info = CoordinatorInfo(
@@ -182,6 +188,46 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
         log.info("coordinator API on %s; bootstrap %s", info.api_url,
                  info.bootstrap_addrs[0] if info.bootstrap_addrs else "-")
         task_status.started(info)
+
+
+def _known_addresses(record: PeerRecord, now: float) -> list[str]:
+    """The dialable addresses of a stored announcement, if it still verifies."""
+    if now - record.last_seen > REDIAL_KNOWN_WITHIN:
+        return []
+    try:
+        created = msgspec.json.decode(record.event, type=dict[str, object]).get("created_at")
+        if not isinstance(created, int):
+            return []
+        # Checked as of when it was received: it has expired since, its signature has not.
+        ann = parse_announcement(record.event.encode(), now=created, sender_pubkey=None)
+    except (msgspec.DecodeError, InfernetError) as exc:
+        log.warning("stored announcement of %s is unusable: %s", record.pubkey[:12], exc)
+        return []
+    if ann.pubkey.hex() != record.pubkey:
+        return []
+    return [a if "/p2p/" in a else f"{a}/p2p/{record.peer_id}" for a in ann.caps.listen_addrs]
+
+
+async def redial_known_nodes(mesh: MeshHost, records: Sequence[PeerRecord], now: float) -> None:
+    """Dial the nodes a previous run knew (newest first), so a restarted coordinator finds
+    them again without waiting for them to redial it; each node re-announces on connect."""
+    limiter = trio.CapacityLimiter(REDIAL_CONCURRENCY)
+
+    async def dial(pubkey: str, addrs: list[str]) -> None:
+        async with limiter:
+            for addr in addrs:
+                try:
+                    await mesh.connect(addr)
+                except InfernetError as exc:
+                    log.debug("known node %s not at %s: %s", pubkey[:12], addr, exc)
+                    continue
+                log.info("reconnected to known node %s", pubkey[:12])
+                return
+
+    async with trio.open_nursery() as nursery:
+        for record in records:
+            if addrs := _known_addresses(record, now):
+                nursery.start_soon(dial, record.pubkey, addrs)
 
 
 async def _housekeeping(limiter: RateLimiter) -> None:
