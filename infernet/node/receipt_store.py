@@ -31,9 +31,11 @@ from typing import Any, Final, Literal
 import trio
 from trio_typing import TaskStatus
 
+from infernet.protocol.canonical import decode_record
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.pricing import split_fee
 from infernet.protocol.receipt import (
+    MAX_RECEIPT_SIZE,
     Receipt,
     SignedReceipt,
     decode_countersigned_receipt,
@@ -230,6 +232,13 @@ class ReceiptStore:
             return {}
         return info if isinstance(info, dict) else {}
 
+    def _body(self, path: Path) -> Receipt | None:
+        try:
+            cs = decode_countersigned_receipt(path.read_bytes())
+            return decode_record(cs.body, Receipt, max_size=MAX_RECEIPT_SIZE)
+        except (OSError, InfernetError):
+            return None
+
     def submitted_status(self, rid: str) -> ReceiptStatus:
         """countersigned or unwitnessed, from the side file (else the envelope's shape)."""
         status = self._info(self.submitted, rid).get("status")
@@ -265,10 +274,10 @@ class ReceiptStore:
             status = self.submitted_status(rid)
             counts[status] = counts.get(status, 0) + 1
             if status == "countersigned":
-                stored = self.load(rid, status)
-                if stored is not None:
-                    chain = stored.receipt.chain
-                    earned[chain] = earned.get(chain, Decimal(0)) + stored.node_amount
+                receipt = self._body(self.submitted / f"{rid}.cbor")
+                if receipt is not None:  # files this node wrote: no signature check here
+                    earned[receipt.chain] = (earned.get(receipt.chain, Decimal(0))
+                                             + split_fee(receipt.value).operator)
         return ReceiptStatistics(pending=self.pending_count(),
                                  countersigned=counts["countersigned"],
                                  unwitnessed=counts["unwitnessed"],
