@@ -1,7 +1,9 @@
 """The node daemon: engine + libp2p host + announcements + job service, in one nursery.
 
 Owns: composing the pieces in order (engine healthy → host listening → job handler set →
-announcements flowing → bootstrap dials in the background), reporting readiness through
+announcements flowing → owner commands served (`infernet.node.owner_service`: the mesh
+protocol, and the coordinator's queue when ``coordinator_url`` is set) → bootstrap dials in
+the background), one delegated model key per served model, reporting readiness through
 ``task_status``, and tearing everything down on cancellation.
 
 Invariants: the node is ready only when the engine answered and the host listens; the node
