@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from infernet.node.config import NodeConfig
-from infernet.node.owner import OwnerCommands
+from infernet.node.owner import COORDINATOR, OwnerCommands
 from infernet.node.registration import RegistrationError, register_node, signed_call
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import SecretKey
@@ -70,7 +70,7 @@ async def poll_once(client: httpx.AsyncClient, key: SecretKey,
             data = base64.b64decode(item.command, validate=True)
         except (binascii.Error, ValueError):
             data = b""
-        result = await commands.handle(data, "coordinator")
+        result = await commands.handle(data, COORDINATOR)
         await _ack(client, key, item.id, result)
     return len(queue.commands)
 

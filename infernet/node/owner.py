@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -30,17 +31,24 @@ import trio
 from rich.console import Console
 
 from infernet.node.identity import load_authority
-from infernet.protocol.delegation import OwnerCommand, OwnerCommandVerifier, decode_signed
+from infernet.protocol.delegation import (
+    OwnerCommand,
+    OwnerCommandVerifier,
+    decode_signed,
+    verify_signed,
+)
 from infernet.protocol.errors import InfernetError, SignatureError
 from infernet.protocol.keys import PublicKey
 from infernet.protocol.owner import CommandResult, command_id
 
-__all__ = ["HISTORY_FILE", "Executor", "OwnerCommands", "run_model_action"]
+__all__ = ["COORDINATOR", "HISTORY_FILE", "Executor", "OwnerCommands", "run_model_action"]
 
 log = logging.getLogger("infernet.node.owner")
 
 HISTORY_FILE: Final = "commands/history.jsonl"
 HISTORY_KEEP: Final = 10_000
+MAX_OUTCOMES: Final = 256
+COORDINATOR: Final = "coordinator"  # the ``source`` of commands from the coordinator's queue
 
 # Runs a verified command; returns a one-line summary, raises InfernetError on failure.
 Executor = Callable[[OwnerCommand], Awaitable[str]]
@@ -86,6 +94,9 @@ class OwnerCommands:
         self._verifier = OwnerCommandVerifier()
         self._lock = trio.Lock()
         self._seen: set[str] = set()
+        # Outcomes of the commands run by this process, so a queued command whose ack was
+        # lost gets its real outcome again instead of "already run" (coordinator only).
+        self._outcomes: OrderedDict[str, CommandResult] = OrderedDict()
         self._history = home / HISTORY_FILE
         self._load_history()
 
@@ -132,6 +143,10 @@ class OwnerCommands:
             authority = load_authority(self.home, now)
             if authority.current_key != self.node_pubkey:
                 raise SignatureError("this node's delegation does not cover its running key")
+            if source == COORDINATOR and cid in self._outcomes:
+                verify_signed(signed)  # the same record, signed by the same user
+                log.info("%s: ran before; repeating its outcome", what)
+                return self._outcomes[cid]
             if command.nonce in self._seen:
                 self._verifier.verify(signed, authority=authority, now=now)  # other reasons first
                 raise SignatureError("command was already run (nonce reused)")
@@ -141,17 +156,27 @@ class OwnerCommands:
             return CommandResult(command_id=cid, status="refused", code="unauthorized",
                                  message=str(exc))
         async with self._lock:
-            self._remember(cid, command, now)
+            try:
+                self._remember(cid, command, now)
+            except OSError as exc:  # without the record a replay could run it twice
+                log.error("%s not run: cannot record it (%s)", what, exc)  # noqa: TRY400
+                return CommandResult(command_id=cid, status="failed", code="internal_error",
+                                     message=f"the node cannot record the command: {exc}")
             log.info("%s accepted", what)
             try:
                 summary = await self._execute(command)
             except InfernetError as exc:
                 log.warning("%s failed: %s [%s]", what, exc, exc.code)
-                return CommandResult(command_id=cid, status="failed", code=exc.code,
-                                     message=str(exc))
-        log.info("%s done: %s", what, summary)
-        return CommandResult(command_id=cid, status="done", message=summary,
-                             served_models=_served_models(self.home))
+                result = CommandResult(command_id=cid, status="failed", code=exc.code,
+                                       message=str(exc))
+            else:
+                log.info("%s done: %s", what, summary)
+                result = CommandResult(command_id=cid, status="done", message=summary,
+                                       served_models=_served_models(self.home))
+        self._outcomes[cid] = result
+        while len(self._outcomes) > MAX_OUTCOMES:
+            self._outcomes.popitem(last=False)
+        return result
 
 
 def _served_models(home: Path) -> tuple[str, ...]:

@@ -103,3 +103,15 @@ async def test_without_a_delegation_every_command_is_refused(tmp_path: Path) -> 
     result = await commands.handle(
         encode_signed(signed(SecretKey.generate().even_y(), key.public_key.hex())), "peer")
     assert result.status == "refused" and "delegation.cbor is missing" in result.message
+
+
+async def test_a_queued_command_whose_ack_was_lost_gets_its_outcome_again(home: Path) -> None:
+    run = Recorder()
+    commands = OwnerCommands(home, node_key(home).public_key, run)
+    cmd = encode_signed(signed(user_key(home), node_key(home).public_key.hex()))
+    first = await commands.handle(cmd, "coordinator")
+    again = await commands.handle(cmd, "coordinator")
+    assert first.status == again.status == "done" and first.command_id == again.command_id
+    assert len(run.ran) == 1
+    over_mesh = await commands.handle(cmd, "16Uiu2HAmPeer")  # a replay from anyone else
+    assert over_mesh.status == "refused" and "already run" in over_mesh.message
