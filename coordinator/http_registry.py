@@ -168,8 +168,8 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             raise ApiError("bad_request", "the command names another node than the route")
         reg = await state.store.read(registry.get_registration, node)
         if reg is None:
-            raise ApiError("bad_request", "this node is not registered with this coordinator "
-                           "(the node runs `infernet register`)", status=404)
+            raise ApiError("not_found", "this node is not registered with this coordinator "
+                           "(the node runs `infernet register`)")
         if command.user_pubkey != reg.user_pubkey:
             raise ApiError("unauthorized", "the command is not signed by the user key this "
                            "node is registered with")
@@ -196,7 +196,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         node = _node_pubkey(node_id)
         record = await state.store.read(registry.get_command, cmd_id)
         if record is None or record.node_pubkey != node:
-            raise ApiError("bad_request", f"no command {cmd_id!r} for this node", status=404)
+            raise ApiError("not_found", f"no command {cmd_id!r} for this node")
         return json_response(_command_body(record))
 
     @app.get("/api/v1/nodes/<node_id>/commands")
@@ -220,7 +220,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         ack = _decode(body, _Ack)
         record = await state.store.read(registry.get_command, cmd_id)
         if record is None or record.node_pubkey != node:
-            raise ApiError("bad_request", f"no command {cmd_id!r} for this node", status=404)
+            raise ApiError("not_found", f"no command {cmd_id!r} for this node")
         if record.status == "pending":
             await state.store.write(registry.ack_command, state.store.sync, node, cmd_id,
                                     ack.status, ack.code, ack.message, time.time())

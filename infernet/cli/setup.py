@@ -35,6 +35,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from infernet.cli.model import install_one, print_json, update_served_models
 from infernet.cli.recommend import EngineSurvey, survey_engine
 from infernet.node.config import NodeConfig, config_path, init_home, load_config, save_config
 from infernet.node.hardware import HardwareInfo, detect_hardware
+from infernet.node.identity import ensure_identity
 from infernet.protocol.errors import BackendError, InfernetError
 
 __all__ = ["Ask", "SetupOptions", "add_setup_command", "run_setup"]
@@ -218,7 +220,7 @@ def _check_url(url: str) -> str:
 
 
 def _keys_and_config(run: _Run) -> NodeConfig:
-    from infernet.protocol.keys import encode_npub
+    from infernet.protocol.keys import PublicKey, encode_npub
 
     # An invalid config file or INFERNET_* override is refused before anything is written.
     load_config(run.home, run.env)
@@ -228,6 +230,19 @@ def _keys_and_config(run: _Run) -> NodeConfig:
     run.title("Node key and config")
     run.say(("Created" if created else "Kept") + f" the node key in {run.home / 'keys'}")
     run.say(f"Node id: {npub}")
+    # The user key delegates the node key (created on first run, as `infernet init` does):
+    # registration and owner commands need that delegation.
+    identity = ensure_identity(run.home, key, int(time.time()), env=run.env)
+    if identity.created_user_key and identity.user_key_file is not None:
+        run.say(f"Created the user key in {identity.user_key_file}: your master identity "
+                "as an operator; back it up (`infernet keys export user --format nsec`) and "
+                "move it off this machine")
+    if identity.user_pubkey:
+        run.say(f"User id: {encode_npub(PublicKey.from_hex(identity.user_pubkey))}"
+                + (" (delegated this node)" if identity.issued_delegation else ""))
+    if identity.warning:
+        run.say(f"warning: {identity.warning}")
+    run.doc.update(user_id=identity.user_pubkey)
     stored = load_config(run.home, {})  # the file as written: no environment overrides
     run.say(f"Config: {config_path(run.home)}" + ("" if existed else " (new, defaults)"))
     run.doc.update(home=str(run.home), config_path=str(config_path(run.home)), node_id=npub,

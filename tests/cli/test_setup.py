@@ -71,6 +71,10 @@ def test_fresh_node_gets_the_embedded_engine_and_a_working_config(bare: Cli) -> 
     assert (config.backend, config.served_models) == ("embedded", ("gemma3-270m",))
     assert config_path(bare.home).stat().st_mode & 0o777 == 0o600
     assert (bare.home / "keys" / "node.key").stat().st_mode & 0o777 == 0o600
+    # The node key is delegated by a new user key, so the node can register and obey owners.
+    assert isinstance(doc["user_id"], str) and len(doc["user_id"]) == 64
+    assert (bare.home / "keys" / "user.key").stat().st_mode & 0o777 == 0o600
+    assert (bare.home / "keys" / "delegation.cbor").is_file()
 
     bare.env["INFERNET_PORT"] = str(free_port())  # 46337 may be taken on a shared machine
     out = bare("doctor", "--json")

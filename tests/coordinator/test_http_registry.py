@@ -166,7 +166,7 @@ async def test_owner_commands_go_through_the_queue(h: Harness) -> None:
     assert state["acked_at"] is not None
     assert (await (await signed_get(h, node.key, poll)).get_json())["commands"] == []
     missing = await signed_post(h, node.key, f"{poll}/{'0' * 64}/ack", {"status": "done"})
-    assert missing.status_code == 404
+    assert missing.status_code == 404 and (await missing.get_json())["error"] == "not_found"
 
 
 async def test_the_queue_takes_only_the_registered_users_fresh_commands(h: Harness) -> None:
