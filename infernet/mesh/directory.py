@@ -21,6 +21,7 @@ import trio
 from infernet.mesh.host import MeshHost
 from infernet.mesh.peer_table import PeerTable
 from infernet.mesh.routing import candidates
+from infernet.mesh.streams import finish, read_until, write
 from infernet.protocol.announce import Announcement, parse_announcement
 from infernet.protocol.directory import (
     DIRECTORY_PROTOCOL,
@@ -42,19 +43,22 @@ log = logging.getLogger("infernet.mesh.directory")
 TIMEOUT: Final = 10.0
 
 
-async def _read_exactly(stream: Any, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.read(size - len(data))
-        if not chunk:
-            raise TransportError("stream closed by peer")
-        data += chunk
-    return bytes(data)
-
-
 async def _read_message(stream: Any) -> bytes:
-    size = message_size(await _read_exactly(stream, PREFIX))
-    return await _read_exactly(stream, size)
+    """One length-prefixed message body (the caller bounds the time).
+
+    Raises:
+        TransportError: EOF or a broken stream.
+        RemoteProtocolError: a length over the limit.
+    """
+    buf = bytearray()
+
+    def ready() -> bytes | None:
+        if len(buf) < PREFIX:
+            return None
+        end = PREFIX + message_size(bytes(buf[:PREFIX]))  # refuses an oversized length
+        return bytes(buf[PREFIX:end]) if len(buf) >= end else None
+
+    return await read_until(stream, ready, buf.extend, float("inf"), "directory message")
 
 
 class Directory:
@@ -87,20 +91,14 @@ class Directory:
         try:
             with trio.fail_after(TIMEOUT):
                 query = decode_message(await _read_message(stream), DirectoryQuery)
-                await stream.write(encode_message(self.answer(query, trio.current_time())))
+                await write(stream, encode_message(self.answer(query, trio.current_time())))
             ok = True
         except trio.TooSlowError:
             log.info("directory query from %s timed out", peer)
         except InfernetError as exc:
             log.warning("directory query from %s refused: %s", peer, exc)
-        except Exception as exc:  # libp2p stream errors: the peer went away
-            log.debug("directory stream from %s broke: %s", peer, type(exc).__name__)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                try:
-                    await (stream.close() if ok else stream.reset())
-                except Exception as exc:
-                    log.debug("directory stream close failed: %s", exc)
+            await finish(stream, ok)
 
 
 async def ask_directory(mesh: MeshHost, peer_id: str, model: str, *,
@@ -113,24 +111,22 @@ async def ask_directory(mesh: MeshHost, peer_id: str, model: str, *,
         TransportError: the peer is unreachable, went silent or broke the protocol.
     """
     stream = await mesh.new_stream(peer_id, DIRECTORY_PROTOCOL)
+    ok = False
     try:
         with trio.fail_after(timeout):
-            await stream.write(encode_message(DirectoryQuery(model=model,
-                                                             weights_hash=weights_hash)))
+            await write(stream, encode_message(DirectoryQuery(model=model,
+                                                              weights_hash=weights_hash)))
             answer = decode_message(await _read_message(stream), DirectoryAnswer)
+        ok = True
     except trio.TooSlowError:
         raise TransportError(f"no directory answer within {timeout:.0f}s",
                              code="timeout") from None
+    except TransportError:
+        raise
     except InfernetError as exc:
         raise TransportError(f"directory answer refused: {exc}") from None
-    except Exception as exc:
-        raise TransportError(f"directory stream broke: {type(exc).__name__}") from None
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            try:
-                await stream.close()
-            except Exception as exc:
-                log.debug("directory stream close failed: %s", exc)
+        await finish(stream, ok)
     now = int(time.time())
     found: list[Announcement] = []
     for raw in answer.events:

@@ -22,6 +22,7 @@ from typing import Any, Final
 import trio
 
 from infernet.mesh.host import MeshHost, lone_exception
+from infernet.mesh.streams import WRITE_TIMEOUT, finish, read_until, write
 from infernet.protocol.errors import (
     InfernetError,
     JobFailed,
@@ -30,7 +31,6 @@ from infernet.protocol.errors import (
     TransportError,
 )
 from infernet.protocol.frames import (
-    NEED_DATA,
     Accepted,
     Cancel,
     Chunk,
@@ -48,9 +48,7 @@ __all__ = ["JOB_PROTOCOL", "JobCall", "JobRunner", "open_job", "serve_job_stream
 log = logging.getLogger("infernet.mesh.jobs")
 
 JOB_PROTOCOL: Final = "/infernet/job/1.0.0"
-READ_CHUNK: Final = 64 << 10
 REQUEST_TIMEOUT: Final = 10.0
-WRITE_TIMEOUT: Final = 30.0
 
 SendFrame = Callable[[Frame], Awaitable[None]]
 # The node's job logic: given the request, the client's peer id and a way to send frames.
@@ -64,48 +62,24 @@ async def _read_frame(stream: Any, js: JobStream, timeout: float) -> Frame:
         TransportError: EOF, reset or no frame within ``timeout``.
         RemoteProtocolError: the peer sent garbage or an illegal frame.
     """
-    try:
-        with trio.fail_after(timeout):
-            while (ev := js.next_event()) is NEED_DATA:
-                data = await stream.read(READ_CHUNK)
-                if not data:
-                    raise TransportError("stream closed by peer")
-                js.receive_data(data)
-    except trio.TooSlowError:
-        raise TransportError(f"no frame within {timeout:.0f}s", code="timeout") from None
-    except InfernetError:
-        raise
-    except Exception as exc:  # libp2p's StreamEOF/StreamReset/MuxedConn errors
-        raise TransportError(f"stream broke: {type(exc).__name__}") from None
-    if isinstance(ev, NeedData):  # unreachable: the loop above only exits on a frame
-        raise LocalProtocolError("decoder returned no frame")
-    return ev
+
+    def ready() -> Frame | None:
+        ev = js.next_event()
+        return None if isinstance(ev, NeedData) else ev
+
+    return await read_until(stream, ready, js.receive_data, timeout)
 
 
 async def _write(stream: Any, data: bytes) -> None:
-    try:
-        with trio.fail_after(WRITE_TIMEOUT):
-            await stream.write(data)
-    except trio.TooSlowError:
-        raise TransportError("peer stopped reading", code="timeout") from None
-    except Exception as exc:
-        raise TransportError(f"stream broke on write: {type(exc).__name__}") from None
+    await write(stream, data, WRITE_TIMEOUT)
 
 
 async def _abort(stream: Any) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await stream.reset()
-        except Exception as exc:  # already dead: nothing more to release
-            log.debug("reset failed: %s", exc)
+    await finish(stream, ok=False)
 
 
 async def _close(stream: Any) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await stream.close()
-        except Exception as exc:
-            log.debug("close failed: %s", exc)
+    await finish(stream, ok=True)
 
 
 async def serve_job_stream(stream: Any, runner: JobRunner) -> None:

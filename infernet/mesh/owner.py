@@ -17,7 +17,8 @@ from typing import Any, Final
 import trio
 
 from infernet.mesh.host import MeshHost
-from infernet.protocol.errors import InfernetError, RemoteProtocolError, TransportError
+from infernet.mesh.streams import finish, read_until, write
+from infernet.protocol.errors import RemoteProtocolError, TransportError
 from infernet.protocol.owner import (
     CommandRequest,
     CommandResult,
@@ -34,7 +35,6 @@ OWNER_PROTOCOL: Final = "/infernet/owner/1.0.0"
 READ_TIMEOUT: Final = 10.0
 WRITE_TIMEOUT: Final = 10.0
 RESULT_TIMEOUT: Final = 600.0  # a pull of a large model can take minutes
-READ_CHUNK: Final = 16 << 10
 
 # The node's logic: given the signed command bytes and the sender's peer id, the result.
 CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
@@ -47,38 +47,12 @@ async def _read_frame(stream: Any, decoder: OwnerFrameDecoder, timeout: float) -
         TransportError: EOF, a broken stream, or no frame within ``timeout``.
         RemoteProtocolError: garbage or an oversized frame.
     """
-    try:
-        with trio.fail_after(timeout):
-            while (frame := decoder.next_frame()) is None:
-                data = await stream.read(READ_CHUNK)
-                if not data:
-                    raise TransportError("stream closed by peer")
-                decoder.receive_data(data)
-    except trio.TooSlowError:
-        raise TransportError(f"no owner frame within {timeout:.0f}s", code="timeout") from None
-    except InfernetError:
-        raise
-    except Exception as exc:  # libp2p's StreamEOF/StreamReset/MuxedConn errors
-        raise TransportError(f"stream broke: {type(exc).__name__}") from None
-    return frame
+    return await read_until(stream, decoder.next_frame, decoder.receive_data, timeout,
+                            "owner frame")
 
 
 async def _write(stream: Any, data: bytes) -> None:
-    try:
-        with trio.fail_after(WRITE_TIMEOUT):
-            await stream.write(data)
-    except trio.TooSlowError:
-        raise TransportError("peer stopped reading", code="timeout") from None
-    except Exception as exc:
-        raise TransportError(f"stream broke on write: {type(exc).__name__}") from None
-
-
-async def _finish(stream: Any, ok: bool) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(2):
-        try:
-            await (stream.close() if ok else stream.reset())
-        except Exception as exc:  # already gone: nothing left to release
-            log.debug("owner stream close: %s", exc)
+    await write(stream, data, WRITE_TIMEOUT)
 
 
 async def serve_owner_stream(stream: Any, handler: CommandHandler) -> None:
@@ -106,7 +80,7 @@ async def serve_owner_stream(stream: Any, handler: CommandHandler) -> None:
     except TransportError as exc:
         log.warning("owner stream from %s: %s", peer, exc)
     finally:
-        await _finish(stream, ok)
+        await finish(stream, ok)
 
 
 async def send_owner_command(mesh: MeshHost, peer_id: str, command: bytes, *,
@@ -128,4 +102,4 @@ async def send_owner_command(mesh: MeshHost, peer_id: str, command: bytes, *,
         ok = True
         return frame
     finally:
-        await _finish(stream, ok)
+        await finish(stream, ok)

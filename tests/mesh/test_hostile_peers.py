@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import secrets
@@ -11,12 +12,16 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+from libp2p.network.stream.exceptions import StreamError
 
+from infernet.mesh.directory import Directory, ask_directory
 from infernet.mesh.gossip import ANNOUNCE_TOPIC, AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, open_job, serve_job_stream
+from infernet.mesh.peer_table import PeerTable
 from infernet.node.jobs import JobExecutor
 from infernet.protocol.announce import Announcement
+from infernet.protocol.directory import DIRECTORY_PROTOCOL
 from infernet.protocol.errors import JobFailed
 from infernet.protocol.frames import JobRequest, Message
 from infernet.protocol.job_stream import JobStream
@@ -154,3 +159,24 @@ async def test_a_peer_that_never_reads_loses_its_stream_and_others_keep_being_se
         assert len(ends) == 1, ends
         assert await _answer(client, node, 2) == "a b c "
         await stream.reset()
+
+
+async def test_garbage_and_oversized_directory_queries_are_reset_and_others_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="infernet.mesh.directory")
+    async with open_host(_key(), listen_host="127.0.0.1", port=0) as node, \
+            open_host(_key(), listen_host="127.0.0.1", port=0) as attacker:
+        node.host.set_stream_handler(DIRECTORY_PROTOCOL,
+                                     Directory(PeerTable(), lambda: None, set).handle)
+        await attacker.connect(node.listen_addrs()[0])
+        for junk in (b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1", (1 << 31).to_bytes(4, "big")):
+            stream = await attacker.new_stream(node.peer_id, DIRECTORY_PROTOCOL)
+            await stream.write(junk)
+            got = b""
+            with trio.fail_after(5), contextlib.suppress(StreamError):  # reset by the node
+                while chunk := await stream.read(1024):
+                    got += chunk
+            assert got == b""  # no answer to garbage
+        assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 2
+        assert await ask_directory(attacker, node.peer_id, "m") == []  # still answering
