@@ -321,6 +321,7 @@ async def remove_one(
             opened = True
             engine = backend.name
             engine_models = [m.name for m in await backend.list_models()]
+            _refuse_emptying(home, name, engine_models)  # before any weights are deleted
             if not keep_weights and backend.capabilities.remove:
                 try:
                     await backend.remove(name)
@@ -334,6 +335,7 @@ async def remove_one(
         if opened or config.backend not in ("auto", "embedded"):
             raise
         engine_models = [EMBEDDED_MODEL]
+        _refuse_emptying(home, name, engine_models)
     served = update_served_models(home, remove=name, engine_models=engine_models)
     return RemoveResult(model=name, engine=engine, deleted=deleted, served_models=served)
 
@@ -430,6 +432,24 @@ def _builtin_row(home: Path, model_cache: str) -> dict[str, Any]:
         "status": "built-in",
         "digest": EMBEDDED_MODEL_DIGEST,
     }
+
+
+def _refuse_emptying(home: Path, name: str, engine_models: list[str]) -> None:
+    """Refuse to remove the last served model: an empty ``served_models`` means "serve
+    everything the engine lists", the opposite of what removing it asks for.
+
+    Raises:
+        BackendError: ``bad_request`` when ``name`` is the only model left.
+    """
+    from infernet.node.config import load_config
+
+    served = list(load_config(home, {}).served_models) or list(engine_models)
+    if served and all(m == name for m in served):
+        raise BackendError(
+            f"{name} is the only model this node serves; removing it would leave "
+            "served_models empty, which means 'serve everything the engine lists'. Install "
+            "another model first, or stop the node (`infernet stop`) to serve nothing",
+            code="bad_request")
 
 
 def update_served_models(

@@ -118,6 +118,17 @@ async def test_remove_deletes_and_stops_serving(home: Path, fake_ollama: FakeOll
     assert load_config(home, {}).served_models == ("qwen2.5:7b",)
 
 
+async def test_removing_the_last_served_model_is_refused_before_anything_is_deleted(
+    home: Path, fake_ollama: FakeOllama
+) -> None:
+    await remove_model(home, "llama3.2:3b", console=console(), env={})
+    with pytest.raises(BackendError) as info:
+        await remove_model(home, "qwen2.5:7b", console=console(), env={})
+    assert info.value.code == "bad_request" and "only model" in info.value.message
+    assert "qwen2.5:7b" in fake_ollama.models  # weights kept
+    assert load_config(home, {}).served_models == ("qwen2.5:7b",)  # still served, not "all"
+
+
 async def test_remove_keep_weights(home: Path, fake_ollama: FakeOllama) -> None:
     await remove_model(home, "llama3.2:3b", keep_weights=True, console=console(), env={})
     assert "llama3.2:3b" in fake_ollama.models
