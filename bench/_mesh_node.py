@@ -2,6 +2,11 @@
 
     python -m bench._mesh_node node  --key HEX [--tokens N] [--rate TOK_S] [--max-batch B]
     python -m bench._mesh_node relay --key HEX --node-addr MULTIADDR --node-key HEX
+    python -m bench._mesh_node gossip --key HEX [--node-addr MULTIADDR ...]
+
+A gossip peer subscribes to the announcement topic, dials the given peers, and prints
+``GOT <payload> <CLOCK_MONOTONIC ns>`` for every message (the clock is system-wide, so the
+parent can subtract its own send time).
 
 Prints ``READY <multiaddr>`` once it serves, then runs until its stdin closes. The relay is
 told the node's key so it can put the node's signed announcement in its peer table without
@@ -20,6 +25,7 @@ from typing import Any
 import trio
 
 from infernet.backends.base import ChatRequest, ModelInfo, StreamItem, TextDelta, Usage
+from infernet.mesh.gossip import ANNOUNCE_TOPIC
 from infernet.mesh.host import open_host
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.peer_table import PeerTable
@@ -69,15 +75,34 @@ def _announcement(key: SecretKey) -> Any:
                               sender_pubkey=key.public_key)
 
 
+async def _gossip(mesh: Any, peers: list[str]) -> None:
+    sub = await mesh.pubsub.subscribe(ANNOUNCE_TOPIC)
+    for addr in peers:
+        await mesh.connect(addr)
+    print("READY", mesh.listen_addrs()[0], flush=True)
+    async with trio.open_nursery() as nursery:
+        async def relay_stdin_eof() -> None:
+            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(relay_stdin_eof)
+        while True:
+            message = await sub.get()
+            print("GOT", message.data.decode(), time.monotonic_ns(), flush=True)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     key = SecretKey.from_hex(args.key)
     async with open_host(key.secret_bytes(), listen_host="127.0.0.1", port=0) as mesh:
+        if args.role == "gossip":
+            await _gossip(mesh, args.node_addr)
+            return
         if args.role == "node":
             executor = JobExecutor(SyntheticEngine(args.tokens, args.rate), {"m"}, 8,
                                    key.public_key.hex(), max_batch=args.max_batch)
         else:
             table = PeerTable(offline_after=1e9)
-            node_peer = await mesh.connect(args.node_addr)
+            node_peer = await mesh.connect(args.node_addr[0])
             table.update(_announcement(SecretKey.from_hex(args.node_key)), node_peer,
                          trio.current_time(), connected=True)
             executor = JobExecutor(SyntheticEngine(0, 0), set(), 8, key.public_key.hex(),
@@ -93,12 +118,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["node", "relay"])
+    parser.add_argument("role", choices=["node", "relay", "gossip"])
     parser.add_argument("--key", required=True)
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--node-addr", default="")
+    parser.add_argument("--node-addr", action="append", default=[])
     parser.add_argument("--node-key", default="")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("libp2p").setLevel(logging.WARNING)
