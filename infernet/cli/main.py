@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--user-key", type=Path, metavar="FILE",
                       help="your user key kept elsewhere (default: INFERNET_USER_KEY, else "
                       "keys/user.key, created if there is none)")
+    init.add_argument("--json", action="store_true", help="print JSON")
 
     start = sub.add_parser("start", help="run the node in the foreground")
     start.add_argument("--port", type=int, help="libp2p TCP port (default 46337)")
@@ -126,6 +127,22 @@ def _cmd_init(args: argparse.Namespace) -> int:
     home = _home()
     check_user_key(home, args.user_key)  # a bad --user-key writes nothing
     key, created = init_home(home, force=args.force)
+    if args.json:
+        import json
+        import time
+
+        from infernet.node.identity import ensure_identity
+
+        identity = ensure_identity(home, key, int(time.time()), user_key_file=args.user_key)
+        print(json.dumps({
+            "node_id": encode_npub(key.public_key), "node_pubkey": key.public_key.hex(),
+            "node_key_created": created, "keys_dir": str(home / "keys"),
+            "config_path": str(config_path(home)), "user_pubkey": identity.user_pubkey,
+            "user_key_created": identity.created_user_key,
+            "user_key_file": str(identity.user_key_file) if identity.user_key_file else None,
+            "delegation_issued": identity.issued_delegation,
+            "warning": identity.warning or None}, indent=2))
+        return 0
     print(("Created" if created else "Kept existing") + f" node key in {home / 'keys'}")
     print(f"Node id: {encode_npub(key.public_key)}")
     print(f"Config:  {config_path(home)}")

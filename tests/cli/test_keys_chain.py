@@ -40,6 +40,18 @@ def test_init_creates_user_key_and_delegation_once(cli: Cli) -> None:
     assert delegation.expires_at - delegation.issued_at == 365 * 86400
 
 
+def test_init_json_reports_the_identity_it_made_then_kept(cli: Cli) -> None:
+    first = json.loads(ok(cli, "init", "--json"))
+    assert first["node_key_created"] and first["user_key_created"] and first["delegation_issued"]
+    assert first["node_id"].startswith("npub1") and len(first["user_pubkey"]) == 64
+    user = (cli.home / "keys" / "user.key").read_text().strip()
+    assert SecretKey.from_hex(user).public_key.hex() == first["user_pubkey"]
+    again = json.loads(ok(cli, "init", "--json"))
+    assert not (again["node_key_created"] or again["user_key_created"]
+                or again["delegation_issued"])
+    assert again["node_pubkey"] == first["node_pubkey"]
+
+
 def test_a_user_key_moved_offline_is_never_replaced(cli: Cli, tmp_path: Path) -> None:
     ok(cli, "init")
     offline = tmp_path / "offline-user.key"
