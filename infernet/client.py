@@ -100,8 +100,10 @@ class PeerClient:
                              max_tokens=max_tokens, temperature=temperature,
                              client_pubkey=self.key.public_key.hex())
         opener = None
+        sealed_to: str | None = None
         if encrypt:
             node = await self._recipient(model)
+            sealed_to = node.hex()
             request = seal_request(request, client_key=self.key, recipient=node,
                                    nonce=secrets.token_bytes(32))
             opener = ChunkOpener(session_key(self.key, node), request.job_id).open
@@ -116,13 +118,16 @@ class PeerClient:
         if final is None:
             raise JobFailed("the node ended the job without a final frame", code="internal_error")
         text = "".join(parts)
-        receipt_id = ""
+        receipt_id, served_by = "", accepted.node_pubkey
         if final.receipt is not None:  # RemoteProtocolError/SignatureError when it lies
-            receipt_id = verify_job_receipt(final.receipt, job_id=request.job_id,
-                                            node_pubkey=accepted.node_pubkey,
-                                            messages=messages, output=text).receipt_id
+            # A relay may re-route a clear job after forwarding the first node's `accepted`
+            # (that node died before its first token): the receipt's signer is who served.
+            verified = verify_job_receipt(final.receipt, job_id=request.job_id,
+                                          node_pubkey=sealed_to, messages=messages,
+                                          output=text)
+            receipt_id, served_by = verified.receipt_id, verified.node.hex()
         self.result = ChatResult(text, final.prompt_tokens, final.completion_tokens,
-                                 final.finish_reason, accepted.node_pubkey, receipt_id)
+                                 final.finish_reason, served_by, receipt_id)
 
     async def _recipient(self, model: str) -> PublicKey:
         """The key of the node that will serve ``model``: the dialled peer when it serves

@@ -216,14 +216,15 @@ def verify_job_receipt(
     signed: SignedReceipt,
     *,
     job_id: str,
-    node_pubkey: str,
+    node_pubkey: str | None,
     messages: Iterable[ChatMessage],
     output: str,
 ) -> VerifiedReceipt:
     """Check the receipt a client got in its final frame against the job it ran.
 
-    The node signature must verify, and the receipt must name this job and the node that
-    accepted it, and hash the prompt the client sent and the text the client received.
+    The node signature must verify, and the receipt must name this job (and the node
+    ``node_pubkey`` when the client knows who must have served it, e.g. the node a sealed
+    job was sealed to), and hash the prompt the client sent and the text it received.
 
     Raises:
         RemoteProtocolError: not a canonical v1 receipt, or it does not match the job
@@ -232,7 +233,9 @@ def verify_job_receipt(
     """
     verified = verify_receipt(signed)
     r = verified.receipt
-    checks = (("job_id", r.job_id, job_id), ("node_pubkey", r.node_pubkey, node_pubkey),
+    checks = (("job_id", r.job_id, job_id),
+              ("node_pubkey", r.node_pubkey, r.node_pubkey if node_pubkey is None
+               else node_pubkey),
               ("prompt_hash", r.prompt_hash, prompt_hash(messages)),
               ("output_hash", r.output_hash, output_hash(output)))
     for name, stated, actual in checks:

@@ -98,6 +98,8 @@ def test_serving_node_killed_before_its_first_token_the_job_completes_elsewhere(
     result = json.loads(out)
     assert result["completion_tokens"] > 0
     assert "lost before its first token" in mesh.relay.log.read_text()
+    # Provenance follows the receipt: the node that really served, not the one that died.
+    assert result["node"] == mesh.pubkey(mesh.engine_node)
 
 
 def test_serving_node_killed_mid_stream_ends_the_client_stream_within_two_seconds(

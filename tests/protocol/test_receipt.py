@@ -298,6 +298,9 @@ def test_a_job_receipt_matching_what_the_client_sent_and_received_verifies() -> 
     verified = verify_job_receipt(SIGNED, job_id="job_9a3f2c1d", node_pubkey=NODE.public_key.hex(),
                                   messages=PROMPT, output="Paris.")
     assert verified.receipt_id == receipt_id(SIGNED.body)
+    anyone = verify_job_receipt(SIGNED, job_id="job_9a3f2c1d", node_pubkey=None,
+                                messages=PROMPT, output="Paris.")  # any signer, if it checks
+    assert anyone.node == NODE.public_key
 
 
 @pytest.mark.parametrize(("field", "change"), [
