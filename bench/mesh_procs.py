@@ -100,33 +100,9 @@ async def _frames(addr: str, rounds: int) -> tuple[float, float]:
     return best
 
 
-async def _gossip(n: int, messages: int) -> tuple[float, float]:
-    """Publish from this process to ``n - 1`` peer processes; return p50/p95 ms to all."""
-    rng = random.Random(n)
-    ready: dict[int, str] = {}
-    got: dict[str, dict[int, int]] = defaultdict(dict)  # payload → peer → monotonic ns
-    procs: list[Any] = []
-    news = [trio.Event()]  # set (and replaced) whenever a child prints something
-
-    async def read(i: int, stdout: Any) -> None:
-        buf = b""
-        async for data in stdout:
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                word = line.decode().split()
-                if word and word[0] == "READY":
-                    ready[i] = word[1]
-                elif word and word[0] == "GOT":
-                    got[word[1]][i] = int(word[2])
-            news[0].set()
-            news[0] = trio.Event()
-
-    async def until(check: Any, timeout: float) -> None:
-        with trio.fail_after(timeout):
-            while not check():
-                await news[0].wait()
-
+async def _publish_and_time(n: int, messages: int, rng: random.Random, procs: list[Any],
+                            ready: dict[int, str], got: dict[str, dict[int, int]],
+                            read: Any, until: Any) -> list[float]:
     async with open_host(SecretKey.generate().even_y().secret_bytes(),
                          listen_host="127.0.0.1", port=0) as parent, \
             trio.open_nursery() as nursery:
@@ -156,15 +132,49 @@ async def _gossip(n: int, messages: int) -> tuple[float, float]:
             await parent.pubsub.publish(ANNOUNCE_TOPIC, payload.encode())
             await until(lambda p=payload: len(got[p]) == n - 1, 20)
             times.append((max(got[payload].values()) - start) / 1e6)
-        for proc in procs:
-            await proc.stdin.aclose()
-        with trio.move_on_after(10):
-            for proc in procs:
-                await proc.wait()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
         nursery.cancel_scope.cancel()
+    return times
+
+
+async def _gossip(n: int, messages: int) -> tuple[float, float]:
+    """Publish from this process to ``n - 1`` peer processes; return p50/p95 ms to all."""
+    rng = random.Random(n)
+    ready: dict[int, str] = {}
+    got: dict[str, dict[int, int]] = defaultdict(dict)  # payload → peer → monotonic ns
+    procs: list[Any] = []
+    news = [trio.Event()]  # set (and replaced) whenever a child prints something
+
+    async def read(i: int, stdout: Any) -> None:
+        buf = b""
+        async for data in stdout:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                word = line.decode().split()
+                if word and word[0] == "READY":
+                    ready[i] = word[1]
+                elif word and word[0] == "GOT":
+                    got[word[1]][i] = int(word[2])
+            news[0].set()
+            news[0] = trio.Event()
+
+    async def until(check: Any, timeout: float) -> None:
+        with trio.fail_after(timeout):
+            while not check():
+                await news[0].wait()
+
+    try:
+        times = await _publish_and_time(n, messages, rng, procs, ready, got, read, until)
+    finally:
+        for proc in procs:  # children exit when their stdin closes
+            with trio.CancelScope(shield=True):
+                await proc.stdin.aclose()
+                with trio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                await proc.stdout.aclose()
     times.sort()
     return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from infernet.protocol.keys import SecretKey
@@ -63,6 +64,12 @@ def mesh(launcher: Launcher) -> Iterator[Mesh]:
         return any(e["id"] == MODEL and e["infernet"]["nodes"] == 2 for e in r)
 
     wait_until(two_serving, 60, "both serving nodes announced")
+    # A routes only on what its own peer table says: wait until it holds both serving nodes
+    # online (the coordinator seeing them does not mean A already does).
+    control = wait_until(lambda: re.search(r"control API on (http://127\.0\.0\.1:\d+)",
+                                           a.log.read_text()), 30, "a's control API")[1]
+    wait_until(lambda: httpx.get(f"{control}/status", timeout=5).json()["peers"]["online"] >= 2,
+               60, "a to see both serving nodes online")
     yield m
 
 
