@@ -26,12 +26,10 @@ from infernet.protocol.announce import Announcement, parse_announcement
 from infernet.protocol.directory import (
     DIRECTORY_PROTOCOL,
     MAX_ENTRIES,
-    PREFIX,
     DirectoryAnswer,
     DirectoryQuery,
-    decode_message,
     encode_message,
-    message_size,
+    message_decoder,
 )
 from infernet.protocol.errors import InfernetError, SignatureError, TransportError
 from infernet.protocol.event import encode_event
@@ -41,24 +39,6 @@ __all__ = ["Directory", "ask_directory"]
 log = logging.getLogger("infernet.mesh.directory")
 
 TIMEOUT: Final = 10.0
-
-
-async def _read_message(stream: Any) -> bytes:
-    """One length-prefixed message body (the caller bounds the time).
-
-    Raises:
-        TransportError: EOF or a broken stream.
-        RemoteProtocolError: a length over the limit.
-    """
-    buf = bytearray()
-
-    def ready() -> bytes | None:
-        if len(buf) < PREFIX:
-            return None
-        end = PREFIX + message_size(bytes(buf[:PREFIX]))  # refuses an oversized length
-        return bytes(buf[PREFIX:end]) if len(buf) >= end else None
-
-    return await read_until(stream, ready, buf.extend, float("inf"), "directory message")
 
 
 class Directory:
@@ -90,7 +70,9 @@ class Directory:
         ok = False
         try:
             with trio.fail_after(TIMEOUT):
-                query = decode_message(await _read_message(stream), DirectoryQuery)
+                decoder = message_decoder(DirectoryQuery)
+                query = await read_until(stream, decoder.next_frame, decoder.receive_data,
+                                         float("inf"), "directory query")
                 await write(stream, encode_message(self.answer(query, trio.current_time())))
             ok = True
         except trio.TooSlowError:
@@ -116,7 +98,9 @@ async def ask_directory(mesh: MeshHost, peer_id: str, model: str, *,
         with trio.fail_after(timeout):
             await write(stream, encode_message(DirectoryQuery(model=model,
                                                               weights_hash=weights_hash)))
-            answer = decode_message(await _read_message(stream), DirectoryAnswer)
+            decoder = message_decoder(DirectoryAnswer)
+            answer = await read_until(stream, decoder.next_frame, decoder.receive_data,
+                                      float("inf"), "directory answer")
         ok = True
     except trio.TooSlowError:
         raise TransportError(f"no directory answer within {timeout:.0f}s",

@@ -16,16 +16,24 @@ from typing import Annotated, Final, TypeVar
 import msgspec
 
 from infernet.protocol.announce import DEFAULT_MAX_SIZE
-from infernet.protocol.errors import LocalProtocolError, RemoteProtocolError
+from infernet.protocol.framing import (
+    PREFIX,
+    PrefixedDecoder,
+    body_size,
+    decode_body,
+    encode_prefixed,
+)
 
 __all__ = [
     "DIRECTORY_PROTOCOL",
     "MAX_ENTRIES",
     "MAX_MESSAGE_SIZE",
+    "PREFIX",
     "DirectoryAnswer",
     "DirectoryQuery",
     "decode_message",
     "encode_message",
+    "message_decoder",
     "message_size",
 ]
 
@@ -33,7 +41,6 @@ DIRECTORY_PROTOCOL: Final = "/infernet/directory/1.0.0"
 MAX_ENTRIES: Final = 64
 MAX_EVENT_SIZE: Final = DEFAULT_MAX_SIZE
 MAX_MESSAGE_SIZE: Final = MAX_ENTRIES * (MAX_EVENT_SIZE + 8) + 64
-PREFIX: Final = 4
 
 
 class DirectoryQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,7 +60,7 @@ class DirectoryAnswer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 M = TypeVar("M", DirectoryQuery, DirectoryAnswer)
-_encoder: Final = msgspec.msgpack.Encoder()
+_WHAT: Final = "directory message"
 
 
 def encode_message(message: DirectoryQuery | DirectoryAnswer) -> bytes:
@@ -62,13 +69,7 @@ def encode_message(message: DirectoryQuery | DirectoryAnswer) -> bytes:
     Raises:
         LocalProtocolError: the message breaks a bound.
     """
-    try:
-        body = _encoder.encode(message)
-    except (msgspec.EncodeError, UnicodeEncodeError) as exc:
-        raise LocalProtocolError(f"directory message cannot be encoded: {exc}") from None
-    if len(body) > MAX_MESSAGE_SIZE:
-        raise LocalProtocolError(f"directory message of {len(body)} bytes is too large")
-    return len(body).to_bytes(PREFIX, "big") + body
+    return encode_prefixed(message, MAX_MESSAGE_SIZE, _WHAT)
 
 
 def message_size(prefix: bytes) -> int:
@@ -77,10 +78,7 @@ def message_size(prefix: bytes) -> int:
     Raises:
         RemoteProtocolError: it exceeds `MAX_MESSAGE_SIZE`.
     """
-    size = int.from_bytes(prefix, "big")
-    if size > MAX_MESSAGE_SIZE:
-        raise RemoteProtocolError(f"directory message of {size} bytes exceeds the limit")
-    return size
+    return body_size(prefix, MAX_MESSAGE_SIZE, _WHAT)
 
 
 def decode_message(body: bytes, kind: type[M]) -> M:
@@ -89,7 +87,9 @@ def decode_message(body: bytes, kind: type[M]) -> M:
     Raises:
         RemoteProtocolError: malformed, or it breaks a bound.
     """
-    try:
-        return msgspec.msgpack.decode(body, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
-        raise RemoteProtocolError(f"undecodable directory message: {exc}") from None
+    return decode_body(body, kind, _WHAT)
+
+
+def message_decoder(kind: type[M]) -> PrefixedDecoder[M]:
+    """A sans-IO decoder of ``kind`` messages as they arrive on a stream."""
+    return PrefixedDecoder(kind, MAX_MESSAGE_SIZE, _WHAT)

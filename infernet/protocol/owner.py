@@ -19,7 +19,8 @@ import msgspec
 
 from infernet.protocol.canonical import encode_record, record_digest
 from infernet.protocol.delegation import OwnerCommand, Signed
-from infernet.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from infernet.protocol.errors import ErrorCode
+from infernet.protocol.framing import PrefixedDecoder, encode_prefixed
 
 __all__ = [
     "MAX_OWNER_FRAME",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 MAX_OWNER_FRAME: Final = 16 << 10  # one signed command is ~400 bytes; a result a few hundred
-_PREFIX: Final = 4
 
 CommandStatus = Literal["done", "failed", "refused"]
 """``done``: verified and executed; ``failed``: verified, but executing it failed;
@@ -58,9 +58,6 @@ class CommandResult(msgspec.Struct, frozen=True, kw_only=True, tag="result"):
 
 OwnerFrame = CommandRequest | CommandResult
 
-_encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final[msgspec.msgpack.Decoder[OwnerFrame]] = msgspec.msgpack.Decoder(OwnerFrame)
-
 
 def command_id(signed: Signed[OwnerCommand]) -> str:
     """The hex SHA-256 of the command record's canonical CBOR (what its signer signed).
@@ -77,48 +74,12 @@ def encode_owner_frame(frame: OwnerFrame) -> bytes:
     Raises:
         LocalProtocolError: the frame exceeds `MAX_OWNER_FRAME` or cannot be encoded.
     """
-    try:
-        body = _encoder.encode(frame)
-    except (OverflowError, msgspec.EncodeError, UnicodeEncodeError) as exc:
-        raise LocalProtocolError(f"owner frame cannot be encoded: {exc}") from None
-    if len(body) > MAX_OWNER_FRAME:
-        raise LocalProtocolError(f"owner frame of {len(body)} bytes exceeds {MAX_OWNER_FRAME}")
-    return len(body).to_bytes(_PREFIX, "big") + body
+    return encode_prefixed(frame, MAX_OWNER_FRAME, "owner frame")
 
 
-class OwnerFrameDecoder:
-    """Turns the bytes of an owner stream into frames; feed it with `receive_data`."""
+class OwnerFrameDecoder(PrefixedDecoder[OwnerFrame]):
+    """Turns the bytes of an owner stream into frames; feed it with `receive_data`, take
+    them with `next_frame` (None: more bytes are needed)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def receive_data(self, data: bytes) -> None:
-        """Buffer bytes read from the peer.
-
-        Raises:
-            RemoteProtocolError: more than one maximal frame and its prefix arrived.
-        """
-        if len(self._buf) + len(data) > MAX_OWNER_FRAME + _PREFIX:
-            raise RemoteProtocolError("peer sent more than one owner frame may hold")
-        self._buf += data
-
-    def next_frame(self) -> OwnerFrame | None:
-        """The next complete frame, or None when more bytes are needed.
-
-        Raises:
-            RemoteProtocolError: an oversized length prefix or an undecodable body.
-        """
-        if len(self._buf) < _PREFIX:
-            return None
-        size = int.from_bytes(self._buf[:_PREFIX], "big")
-        if size > MAX_OWNER_FRAME:
-            raise RemoteProtocolError(f"owner frame of {size} bytes exceeds {MAX_OWNER_FRAME}")
-        if len(self._buf) < _PREFIX + size:
-            return None
-        body = bytes(self._buf[_PREFIX:_PREFIX + size])
-        del self._buf[:_PREFIX + size]
-        try:
-            return _decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError,
-                RecursionError) as exc:
-            raise RemoteProtocolError(f"undecodable owner frame: {exc}") from None
+        super().__init__(OwnerFrame, MAX_OWNER_FRAME, "owner frame")  # type: ignore[arg-type]
