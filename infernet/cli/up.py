@@ -26,6 +26,7 @@ from trio_typing import TaskStatus
 from coordinator.service import CoordinatorConfig, open_store, run_coordinator
 from infernet.node.config import init_home, load_config
 from infernet.node.daemon import NodeInfo, run_node
+from infernet.node.identity import ensure_identity
 from infernet.protocol.errors import InfernetError
 
 __all__ = ["run_up"]
@@ -108,6 +109,8 @@ async def run_up(home: Path, args: argparse.Namespace, scope: trio.CancelScope) 
     """Run coordinator + node + demo until ``scope`` is cancelled (Ctrl-C)."""
     started = time.perf_counter()
     key, _ = init_home(home)
+    # Delegate the node from a user key as `infernet init` does, so the node obeys its owner.
+    ensure_identity(home, key, int(time.time()))
     config = load_config(home)
     data_dir = home / "coordinator"
     token = _token(data_dir)

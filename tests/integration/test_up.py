@@ -38,6 +38,9 @@ def test_up_prints_url_and_token_answers_and_stops_cleanly(
         assert base_url and api_key, text
         assert "demo> What is the capital of France?" in text
         assert "Paris" in text.split("demo>")[1]
+        # A fresh home is delegated like `infernet init`: no warning about owner commands.
+        assert "will be refused" not in text + err.read_text()
+        assert (home / "keys" / "delegation.cbor").is_file()
 
         with openai.OpenAI(base_url=base_url[1], api_key=api_key[1], max_retries=0) as client:
             reply = client.chat.completions.create(
