@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 
 import httpx
 
-__all__ = ["free_port", "poll"]
+__all__ = ["cpu_seconds", "free_port", "poll"]
 
 
 def free_port() -> int:
@@ -29,3 +30,10 @@ def poll(fn: Callable[[], object], timeout: float, what: str) -> object:
             pass  # the process is still starting up
         time.sleep(0.1)  # polling a subprocess that is starting up
     raise SystemExit(f"timed out waiting for {what}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

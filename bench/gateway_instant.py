@@ -33,7 +33,7 @@ import h11
 import httpx
 import trio
 
-from bench._procs import free_port, poll
+from bench._procs import cpu_seconds, free_port, poll
 
 BIN = Path(sys.executable).parent
 _CONTENT = re.compile(rb'"content":"[^"]')
@@ -48,6 +48,7 @@ class Path_:
     url: str
     model: str
     headers: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)  # the processes this path adds
 
 
 @dataclass
@@ -152,6 +153,7 @@ class _Procs:
     root: Path
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    by_name: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def spawn(self, name: str, args: list[str], **env: str) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.root / f"{name}.log"
@@ -159,6 +161,7 @@ class _Procs:
             p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                  env={**self.env, **env})
         self.procs.append(p)
+        self.by_name[name] = p
         return p, log
 
     def stop(self) -> None:
@@ -204,20 +207,23 @@ def _start(procs: _Procs, litellm: str | None, tokens: int) -> list[Path_]:
     auth = {"Authorization": f"Bearer {token}"}
     poll(lambda: httpx.get(f"{api}/v1/models", headers=auth).json().get("data"), 60,
           "the node's model at the coordinator")
+    pids = {name: p.pid for name, p in procs.by_name.items()}
     paths = [Path_("direct", f"{engine}/v1", "instant"),
-             Path_("infernet", f"{api}/v1", "instant", auth)]
+             Path_("infernet", f"{api}/v1", "instant", auth,
+                   {"coordinator": pids["coordinator"], "node": pids["node"]})]
     if litellm:
         lport = free_port()
         master = "sk-" + secrets.token_hex(32)  # LiteLLM refuses to start without one
-        procs.spawn("litellm", [litellm, "--model", "openai/instant", "--api_base",
-                                f"{engine}/v1", "--port", str(lport), "--num_workers", "1"],
-                    OPENAI_API_KEY="sk-upstream", LITELLM_MASTER_KEY=master,
-                    LITELLM_LOG="ERROR")
+        litellm_proc, _ = procs.spawn(
+            "litellm", [litellm, "--model", "openai/instant", "--api_base", f"{engine}/v1",
+                        "--port", str(lport), "--num_workers", "1"],
+            OPENAI_API_KEY="sk-upstream", LITELLM_MASTER_KEY=master,
+            LITELLM_LOG="ERROR")
         lurl = f"http://127.0.0.1:{lport}"
         poll(lambda: httpx.get(f"{lurl}/health/liveliness").status_code == 200, 120,
               "LiteLLM's proxy")
         paths.append(Path_("litellm", f"{lurl}/v1", "instant",
-                           {"Authorization": f"Bearer {master}"}))
+                           {"Authorization": f"Bearer {master}"}, {"proxy": litellm_proc.pid}))
     return paths
 
 
@@ -239,11 +245,20 @@ async def _run(paths: list[Path_], seconds: float, levels: tuple[int, ...],
                   f"{_pct(sample.total, .5):>9.2f}ms{_pct(sample.total, .99):>9.2f}ms"
                   f"{rate:>9.0f}{p50 / base:>7.2f}{sample.errors:>5}")
     print(f"\nsaturation: {levels[-1]} clients, non-streamed, 4 tokens, {seconds:.0f} s")
-    print(f"{'path':<9}{'jobs/s':>9}{'p50':>10}{'p99':>10}{'err':>5}")
+    print("(CPU ms/job: what each process the path adds spent per job, all its threads; "
+          "jobs/CPU-s: what one core would serve if that process had it to itself)")
+    print(f"{'path':<9}{'jobs/s':>9}{'p50':>10}{'p99':>10}{'err':>5}  CPU ms/job (jobs/CPU-s)")
     for path in paths:
+        before = {name: cpu_seconds(pid) for name, pid in path.pids.items()}
+        began = time.perf_counter()
         sample, rate = await _load(path, levels[-1], seconds, stream=False, max_tokens=4)
+        jobs = rate * (time.perf_counter() - began)
+        cost = "  ".join(
+            f"{name} {ms:.2f} ({1000 / ms:.0f})"
+            for name, pid in path.pids.items()
+            if (ms := (cpu_seconds(pid) - before[name]) * 1000 / max(jobs, 1)) > 0)
         print(f"{path.name:<9}{rate:>9.0f}{_pct(sample.total, .5):>8.1f}ms"
-              f"{_pct(sample.total, .99):>8.1f}ms{sample.errors:>5}")
+              f"{_pct(sample.total, .99):>8.1f}ms{sample.errors:>5}  {cost}")
 
 
 def main(argv: list[str] | None = None) -> int:
