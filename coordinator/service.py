@@ -41,6 +41,7 @@ from coordinator.router import Router
 from coordinator.store import AsyncStore, PeerRecord, Store
 from coordinator.stream_pool import StreamPool
 from infernet.mesh.host import MeshHost, open_host
+from infernet.mesh.job_mux import SessionPool
 from infernet.mesh.peers import PeerManager
 from infernet.protocol.announce import Announcement, parse_announcement
 from infernet.protocol.auth import AuthVerifier
@@ -149,7 +150,8 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     metrics = Metrics()
     limiter = RateLimiter()
     limiter.seed(store.job_times_since(time.time() - HOUR))
-    streams = StreamPool(mesh, metrics=metrics)
+    sessions = SessionPool(mesh)
+    streams = StreamPool(mesh, metrics=metrics, sessions=sessions)
     jobs = JobManager(astore, router, streams.open_job,
                       JobSettings(timeout=config.job_timeout,
                                   capacity_wait=config.capacity_wait), metrics, key=key)
@@ -174,6 +176,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     hconfig.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         await nursery.start(astore.serve)
+        await nursery.start(sessions.serve)
         await nursery.start(streams.serve)
         await nursery.start(jobs.serve)
         await nursery.start(peers.serve)

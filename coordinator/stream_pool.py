@@ -30,7 +30,8 @@ import trio
 from trio_typing import TaskStatus
 
 from coordinator.metrics import Metrics
-from infernet.mesh.host import MeshHost
+from infernet.mesh.host import MeshHost, ProtocolNotOffered
+from infernet.mesh.job_mux import SessionPool
 from infernet.mesh.jobs import JOB_PROTOCOL, JobCall, open_job
 from infernet.protocol.errors import TransportError
 from infernet.protocol.frames import JobRequest
@@ -58,8 +59,10 @@ class StreamPool:
     """Idle job streams per peer, refilled as jobs take them."""
 
     def __init__(self, mesh: MeshHost, *, max_per_peer: int = MAX_PER_PEER,
-                 max_idle: float = MAX_IDLE, metrics: Metrics | None = None) -> None:
+                 max_idle: float = MAX_IDLE, metrics: Metrics | None = None,
+                 sessions: SessionPool | None = None) -> None:
         self._mesh = mesh
+        self._sessions = sessions
         self._metrics = metrics
         self._max = max_per_peer
         self._max_idle = max_idle
@@ -87,11 +90,26 @@ class StreamPool:
     @asynccontextmanager
     async def open_job(self, peer_id: str, request: JobRequest, *,
                        read_timeout: float = 60.0) -> AsyncIterator[JobCall]:
-        """``infernet.mesh.jobs.open_job`` on a pooled stream when one is ready. Cancel-safe.
+        """Run ``request`` on the node's job session, or for a node without sessions,
+        ``infernet.mesh.jobs.open_job`` on a pooled stream when one is ready. Cancel-safe.
 
         Raises:
             TransportError: the peer is unreachable.
         """
+        if self._sessions is not None and self._sessions.speaks(peer_id):
+            entered = False
+            try:
+                async with self._sessions.open_job(peer_id, request,
+                                                   read_timeout=read_timeout) as call:
+                    entered = True
+                    if self._metrics:
+                        self._metrics.stream_used(pooled=True)
+                    yield call
+                return
+            except ProtocolNotOffered:
+                if entered:
+                    raise
+                log.info("node %s has no job sessions; using a stream per job", peer_id)
         stream = self._take(peer_id)
         self._refill(peer_id)
         if stream is not None:
@@ -117,8 +135,10 @@ class StreamPool:
             yield call
 
     def drop(self, peer_id: str) -> None:
-        """Forget a peer's idle streams (its connection closed); they are closed in the
-        background."""
+        """Forget a peer's session and idle streams (its connection closed); they are
+        closed in the background."""
+        if self._sessions is not None:
+            self._sessions.drop(peer_id)
         streams = self._idle.pop(peer_id, None)
         if streams and self._nursery is not None:
             self._nursery.start_soon(self._close_all, streams)
@@ -139,6 +159,8 @@ class StreamPool:
         return None
 
     def _refill(self, peer_id: str) -> None:
+        if self._sessions is not None and self._sessions.speaks(peer_id):
+            return  # its jobs share a session: a pre-opened stream would go unused
         held = len(self._idle.get(peer_id, ())) + self._opening.get(peer_id, 0)
         if self._nursery is None or held >= self._max:
             return

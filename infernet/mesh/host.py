@@ -33,6 +33,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_PORT",
     "GOSSIPSUB_PROTOCOL",
     "MeshHost",
+    "ProtocolNotOffered",
     "lone_exception",
     "open_host",
     "parse_peer_multiaddr",
@@ -189,7 +191,23 @@ class MeshHost:
         except trio.TooSlowError:
             raise TransportError(f"opening {protocol} to {peer_id} timed out") from None
         except Exception as exc:
+            if _refused_protocol(exc):
+                raise ProtocolNotOffered(f"{peer_id} does not speak {protocol}") from None
             raise TransportError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+
+
+class ProtocolNotOffered(TransportError):
+    """The peer is reachable but does not speak the protocol asked for (an older node)."""
+
+
+def _refused_protocol(exc: BaseException) -> bool:
+    """Whether multistream-select said "na": py-libp2p wraps it in a StreamFailure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProtocolNotSupportedError) or "protocol not supported" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _close_all(mesh: MeshHost) -> None:

@@ -148,9 +148,8 @@ async def _watch_client(stream: Any, js: JobStream, scope: trio.CancelScope, job
 class JobCall:
     """The client side of one job: await `accepted()`, then iterate chunks to the final frame."""
 
-    def __init__(self, stream: Any, js: JobStream, read_timeout: float) -> None:
-        self._stream = stream
-        self._js = js
+    def __init__(self, read: Callable[[float], Awaitable[Frame]], read_timeout: float) -> None:
+        self._read = read  # the job's next frame within a timeout: its own stream or a session
         self._read_timeout = read_timeout
         self.final: FinalFrame | None = None
         self.accepted_frame: Accepted | None = None
@@ -162,7 +161,7 @@ class JobCall:
             JobFailed: the node refused (code from its error frame).
             TransportError: the node went away or said nothing within ``timeout``.
         """
-        frame = await _read_frame(self._stream, self._js, timeout)
+        frame = await self._read(timeout)
         if isinstance(frame, JobErrorFrame):
             raise JobFailed(frame.message, code=frame.code)
         if not isinstance(frame, Accepted):
@@ -197,7 +196,7 @@ class JobCall:
             JobFailed, TransportError: as `chunks`.
         """
         while True:
-            frame = await _read_frame(self._stream, self._js, self._read_timeout)
+            frame = await self._read(self._read_timeout)
             if isinstance(frame, Chunk):
                 yield frame
             elif isinstance(frame, FinalFrame):
@@ -222,7 +221,7 @@ async def open_job(
     """
     stream = await mesh.new_stream(peer_id, JOB_PROTOCOL)
     js = JobStream("client")
-    call = JobCall(stream, js, read_timeout)
+    call = JobCall(lambda timeout: _read_frame(stream, js, timeout), read_timeout)
     finished = False
     try:
         await _write(stream, js.send(request))

@@ -29,6 +29,7 @@ from infernet.mesh.bootstrap import bootstrap_from_coordinator, keep_connected
 from infernet.mesh.directory import Directory
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
+from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionServer
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
@@ -220,6 +221,7 @@ async def run_node(
                 await serve_job_stream(stream, runner)
 
             mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
+            mesh.host.set_stream_handler(JOB_MUX_PROTOCOL, SessionServer(runner).handle)
             directory = Directory(peers.table, announcer.encode, lambda: executor.models)
             mesh.host.set_stream_handler(DIRECTORY_PROTOCOL, directory.handle)
             async with trio.open_nursery() as nursery:

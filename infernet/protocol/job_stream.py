@@ -87,8 +87,30 @@ class JobStream:
         Raises:
             LocalProtocolError: the frame is illegal for this role or state.
         """
-        self._advance(frame, self.role, LocalProtocolError)
+        self.sent(frame)
         return encode_frame(frame)
+
+    def sent(self, frame: Frame) -> None:
+        """Check that this side may send `frame` now and advance (the caller encodes it).
+
+        Raises:
+            LocalProtocolError: the frame is illegal for this role or state.
+        """
+        self._advance(frame, self.role, LocalProtocolError)
+
+    def received(self, frame: Frame) -> None:
+        """Advance on a frame the peer sent that was decoded elsewhere (a shared session,
+        `infernet.protocol.job_mux`).
+
+        Raises:
+            RemoteProtocolError: the frame is illegal here; the state is then ``error``.
+        """
+        try:
+            self._advance(frame, "node" if self.role == "client" else "client",
+                          RemoteProtocolError)
+        except RemoteProtocolError:
+            self.state = "error"
+            raise
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the peer.
