@@ -12,7 +12,8 @@ Invariants:
   per job. When any of them fails, or the peer closes, every job on it ends: the node
   cancels its jobs, the client's jobs raise `TransportError` (``node_disconnected``).
 - Bounded everywhere: frames waiting to be written (`OUTBOX_FRAMES`, writers wait),
-  frames waiting for a client job to read them (`INBOX_FRAMES`, the reader waits), jobs
+  frames waiting for a client job to read them (`INBOX_FRAMES`, a job further behind
+  fails and is cancelled, so it never stalls the others), jobs
   per session on a node (`MAX_SESSION_JOBS`, more are refused ``no_capacity``) and
   sessions per node (`MAX_SESSIONS`, more are reset at once).
 - A node ends every job it accepted on a session with ``final`` or ``error``: a job the
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -52,7 +54,7 @@ JOB_MUX_PROTOCOL: Final = "/infernet/job-mux/1.0.0"
 MAX_SESSION_JOBS: Final = 256
 MAX_SESSIONS: Final = 64
 OUTBOX_FRAMES: Final = 512
-INBOX_FRAMES: Final = 64
+INBOX_FRAMES: Final = 256  # a node batches up to 64 tokens a frame
 COALESCE_BYTES: Final = 256 << 10  # one write at most; yamux splits by window anyway
 
 
@@ -70,9 +72,20 @@ class _Outbox:
             TransportError: the session's writer is gone.
         """
         try:
-            await self._send.send(data)
+            self._send.send_nowait(data)  # no checkpoint when there is room: most puts
+        except trio.WouldBlock:
+            try:
+                await self._send.send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise TransportError("the job session is closed") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportError("the job session is closed") from None
+
+    def put_nowait(self, data: bytes) -> None:
+        """Queue ``data`` if there is room (a cancel from a job that is leaving: if the
+        outbox is full, or the session is gone, the node learns of it when the session ends)."""
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(data)
 
     async def run(self, stream: Any) -> None:
         """Write queued frames until cancelled.
@@ -198,6 +211,54 @@ async def serve_job_session(stream: Any, runner: JobRunner, *,
 # --- client side --------------------------------------------------------------------------
 
 
+class _Inbox:
+    """Frames that arrived for one client job, until it reads them. Cheaper than a memory
+    channel per job, and never blocks the session's reader: a job that falls more than
+    `INBOX_FRAMES` behind fails instead of stalling every other job on the session."""
+
+    __slots__ = ("_frames", "_wakeup", "failure")
+
+    def __init__(self) -> None:
+        self._frames: deque[Frame] = deque()
+        self._wakeup: trio.Event | None = None
+        self.failure: TransportError | None = None
+
+    def put(self, frame: Frame) -> bool:
+        """Hand ``frame`` to the job; False when it fell too far behind."""
+        if len(self._frames) >= INBOX_FRAMES:
+            return False
+        self._frames.append(frame)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return True
+
+    def fail(self, failure: TransportError) -> None:
+        """End the job: once its frames are read, `get` raises ``failure``."""
+        if self.failure is None:
+            self.failure = failure
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def get(self, timeout: float) -> Frame:
+        """The next frame, waiting at most ``timeout``.
+
+        Raises:
+            TransportError: nothing within ``timeout`` (``timeout``), or the job failed.
+        """
+        while not self._frames:
+            if self.failure is not None:
+                raise self.failure
+            self._wakeup = trio.Event()
+            try:
+                with trio.fail_after(timeout):
+                    await self._wakeup.wait()
+            except trio.TooSlowError:
+                raise TransportError(f"no frame within {timeout:.0f}s", code="timeout") from None
+            finally:
+                self._wakeup = None
+        return self._frames.popleft()
+
+
 class JobSession:
     """The client side of one session stream: open jobs on it with `open_job`.
 
@@ -211,7 +272,7 @@ class JobSession:
         self._stream = stream
         self._mux = JobMux("client")
         self._outbox = _Outbox()
-        self._inbox: dict[str, trio.MemorySendChannel[Frame]] = {}
+        self._inbox: dict[str, _Inbox] = {}
         self._failure: TransportError | None = None
         self._stop = trio.CancelScope()
 
@@ -232,11 +293,9 @@ class JobSession:
                     while True:
                         frame: Frame = await read_until(self._stream, ready,
                                                         self._mux.receive_data, math.inf)
-                        channel = self._inbox.get(frame.job_id)
-                        if channel is not None:
-                            # BrokenResource: the job left while this frame waited for room
-                            with suppress(trio.BrokenResourceError):
-                                await channel.send(frame)
+                        inbox = self._inbox.get(frame.job_id)
+                        if inbox is not None and not inbox.put(frame):
+                            self._overflowed(frame.job_id, inbox)
         except BaseExceptionGroup as group:
             exc = lone_exception(group)
             if not isinstance(exc, InfernetError):
@@ -247,13 +306,20 @@ class JobSession:
         finally:
             self.closed = True
             self._failure = failure
-            for channel in self._inbox.values():
-                channel.close()  # each job's reader then raises `failure`
+            for inbox in self._inbox.values():
+                inbox.fail(failure)
             await finish(self._stream, ok=False)
 
     def close(self) -> None:
         """Stop the session; its open jobs fail with ``node_disconnected``."""
         self._stop.cancel()
+
+    def _overflowed(self, job_id: str, inbox: _Inbox) -> None:
+        log.warning("job %s fell %d frames behind on its session; cancelled", job_id,
+                    INBOX_FRAMES)
+        inbox.fail(TransportError("the job fell too far behind its node", code="internal_error"))
+        if self._mux.state(job_id) is not None:
+            self._outbox.put_nowait(self._mux.send(Cancel(job_id=job_id)))
 
     @asynccontextmanager
     async def open_job(self, request: JobRequest, *,
@@ -268,34 +334,15 @@ class JobSession:
         if self.closed:
             raise self._failure or TransportError("the job session is closed")
         job_id = request.job_id
-        send, receive = trio.open_memory_channel[Frame](INBOX_FRAMES)
         data = self._mux.send(request)  # LocalProtocolError: the id is already in use here
-        self._inbox[job_id] = send
+        inbox = self._inbox[job_id] = _Inbox()
         try:
             await self._outbox.put(data)
-            yield JobCall(self._reading(receive), read_timeout)
+            yield JobCall(inbox.get, read_timeout)
         finally:
             del self._inbox[job_id]
-            receive.close()
             if self._mux.state(job_id) is not None and not self.closed:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await self._outbox.put(self._mux.send(Cancel(job_id=job_id)))
-                    except TransportError as exc:
-                        log.debug("cancel of %s not delivered: %s", job_id, exc)
-
-    def _reading(self, receive: trio.MemoryReceiveChannel[Frame]
-                 ) -> Callable[[float], Awaitable[Frame]]:
-        async def read(timeout: float) -> Frame:
-            try:
-                with trio.fail_after(timeout):
-                    return await receive.receive()
-            except trio.TooSlowError:
-                raise TransportError(f"no frame within {timeout:.0f}s", code="timeout") from None
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._failure or TransportError("the job session is closed") from None
-
-        return read
+                self._outbox.put_nowait(self._mux.send(Cancel(job_id=job_id)))
 
 
 class SessionPool:

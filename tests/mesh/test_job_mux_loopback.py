@@ -217,3 +217,21 @@ async def test_the_node_answers_error_frames_for_an_ended_runner_without_result(
             with pytest.raises(JobFailed) as exc:
                 [_ async for _ in call.chunks()]
         assert exc.value.code == "internal_error"
+
+
+async def test_a_job_inbox_is_bounded_and_delivers_what_it_holds_before_failing() -> None:
+    from infernet.mesh.job_mux import INBOX_FRAMES, _Inbox
+
+    inbox = _Inbox()
+    frames = [Chunk(job_id="a", text=str(i)) for i in range(INBOX_FRAMES + 1)]
+    assert all(inbox.put(f) for f in frames[:INBOX_FRAMES])
+    assert not inbox.put(frames[-1])  # full: the session fails this job, not every job
+    inbox.fail(TransportError("behind", code="internal_error"))
+    got = [await inbox.get(1) for _ in range(INBOX_FRAMES)]
+    assert got == frames[:INBOX_FRAMES]
+    with pytest.raises(TransportError) as exc:
+        await inbox.get(1)
+    assert exc.value.code == "internal_error"
+    with pytest.raises(TransportError) as exc:
+        await _Inbox().get(0.01)
+    assert exc.value.code == "timeout"
