@@ -34,12 +34,11 @@ import trio
 from trio_typing import TaskStatus
 
 from infernet.mesh.host import MeshHost, ProtocolNotOffered, lone_exception
-from infernet.mesh.jobs import JobCall, JobRunner
+from infernet.mesh.jobs import JobCall, JobRunner, open_job
 from infernet.mesh.streams import finish, read_until, write
 from infernet.protocol.errors import (
     ErrorCode,
     InfernetError,
-    LocalProtocolError,
     RemoteProtocolError,
     TransportError,
 )
@@ -55,6 +54,7 @@ MAX_SESSION_JOBS: Final = 256
 MAX_SESSIONS: Final = 64
 OUTBOX_FRAMES: Final = 512
 INBOX_FRAMES: Final = 256  # a node batches up to 64 tokens a frame
+MAX_REMEMBERED: Final = 4096  # nodes remembered as not speaking sessions
 COALESCE_BYTES: Final = 256 << 10  # one write at most; yamux splits by window anyway
 
 
@@ -159,20 +159,22 @@ async def serve_job_session(stream: Any, runner: JobRunner, *,
         async def send(frame: Frame) -> None:
             await outbox.put(mux.send(frame))
 
+        code: ErrorCode = "internal_error"
+        message = "the job ended without a result"
         try:
             with scope:
                 await runner(request, peer, send)
-        except (LocalProtocolError, TransportError) as exc:
+        except InfernetError as exc:  # e.g. TransportError: what a stream reset would say
             log.warning("job %s on a session from %s: %s", job_id, peer, exc)
+            code, message = exc.code, str(exc)
         except Exception:  # one job's bug must not end the other jobs on the session
             log.exception("job %s on a session from %s failed", job_id, peer)
         finally:
             del scopes[job_id]
         if mux.state(job_id) is not None:  # the runner ended without final or error
-            code: ErrorCode = "cancelled" if scope.cancel_called else "internal_error"
-            await outbox.put(mux.send(JobErrorFrame(
-                job_id=job_id, code=code, message="the job ended without a result"
-                if code == "internal_error" else "cancelled by the client")))
+            if scope.cancel_called:
+                code, message = "cancelled", "cancelled by the client"
+            await outbox.put(mux.send(JobErrorFrame(job_id=job_id, code=code, message=message)))
 
     try:
         async with trio.open_nursery() as nursery:
@@ -386,6 +388,28 @@ class SessionPool:
         return sum(not s.closed for s in self._sessions.values())
 
     @asynccontextmanager
+    async def open_any(self, peer_id: str, request: JobRequest, *,
+                       read_timeout: float = 60.0) -> AsyncIterator[JobCall]:
+        """`open_job`, or for a node without sessions a stream of its own
+        (`infernet.mesh.jobs.open_job`). Cancel-safe.
+
+        Raises:
+            TransportError: the node is unreachable, or the session breaks.
+        """
+        if self._nursery is not None and self.speaks(peer_id):  # else not started yet
+            entered = False
+            try:
+                async with self.open_job(peer_id, request, read_timeout=read_timeout) as call:
+                    entered = True
+                    yield call
+                return
+            except ProtocolNotOffered:
+                if entered:
+                    raise
+        async with open_job(self._mesh, peer_id, request, read_timeout=read_timeout) as call:
+            yield call
+
+    @asynccontextmanager
     async def open_job(self, peer_id: str, request: JobRequest, *,
                        read_timeout: float = 60.0) -> AsyncIterator[JobCall]:
         """Run ``request`` on the node's session (opening one if needed). Cancel-safe.
@@ -416,6 +440,8 @@ class SessionPool:
             try:
                 stream = await self._mesh.new_stream(peer_id, JOB_MUX_PROTOCOL)
             except ProtocolNotOffered:
+                if len(self._unsupported) >= MAX_REMEMBERED:
+                    self._unsupported.clear()  # bounded; a node forgotten is asked again
                 self._unsupported.add(peer_id)
                 raise
             session = JobSession(stream, peer_id)

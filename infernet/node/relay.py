@@ -19,10 +19,11 @@ from typing import Final
 import trio
 
 from infernet.mesh.host import MeshHost
+from infernet.mesh.job_mux import SessionPool
 from infernet.mesh.jobs import SendFrame
 from infernet.mesh.peer_table import PeerTable
 from infernet.mesh.routing import dispatch
-from infernet.protocol.errors import InfernetError, TransportError
+from infernet.protocol.errors import InfernetError, JobFailed, TransportError
 from infernet.protocol.frames import JobErrorFrame, JobRequest
 
 __all__ = ["MAX_RELAYS", "Relay"]
@@ -30,14 +31,19 @@ __all__ = ["MAX_RELAYS", "Relay"]
 log = logging.getLogger("infernet.node.relay")
 
 MAX_RELAYS: Final = 32
+# Error codes that mean the node broke, not that the job is wrong: another node may serve it.
+_LOST: Final = frozenset({"node_disconnected", "timeout", "backend_unavailable", "internal_error"})
 
 
 class Relay:
     """Forwards jobs for models this node does not serve."""
 
-    def __init__(self, mesh: MeshHost, table: PeerTable, own_pubkey: str) -> None:
+    def __init__(self, mesh: MeshHost, table: PeerTable, own_pubkey: str, *,
+                 sessions: SessionPool | None = None) -> None:
         self.mesh = mesh
         self.table = table
+        # Jobs to a node share its job session; without a pool, a stream per job.
+        self._opener = sessions.open_any if sessions is not None else None
         self.own_pubkey = own_pubkey
         self.limiter = trio.CapacityLimiter(MAX_RELAYS)
         self.relayed = 0
@@ -59,7 +65,8 @@ class Relay:
         pinned = request.encrypted_to if request.encrypted else ""
         while True:
             async with dispatch(self.mesh, self.table, request, trio.current_time(),
-                                exclude=tried, pinned=pinned) as (call, entry):
+                                exclude=tried, pinned=pinned,
+                                opener=self._opener) as (call, entry):
                 tried.add(entry.pubkey)
                 log.info("job %s relayed to %s", job, entry.pubkey[:12])
                 if not accepted_sent and call.accepted_frame is not None:
@@ -72,7 +79,11 @@ class Relay:
                         async for chunk in chunks:
                             streamed = True
                             await send(chunk)
-                except TransportError as exc:
+                except (TransportError, JobFailed) as exc:
+                    # A node that broke before its first token (its connection, or on a job
+                    # session its error frame) is replaced; a refusal of the job is final.
+                    if isinstance(exc, JobFailed) and exc.code not in _LOST:
+                        raise
                     self.table.record_outcome(entry.pubkey, False, trio.current_time())
                     if streamed:
                         raise

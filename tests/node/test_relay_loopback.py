@@ -11,7 +11,8 @@ import trio
 
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.jobs import JOB_PROTOCOL, SendFrame, open_job, serve_job_stream
+from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionPool, SessionServer
+from infernet.mesh.jobs import JOB_PROTOCOL, JobRunner, SendFrame, open_job, serve_job_stream
 from infernet.mesh.peer_table import PeerTable
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
@@ -31,13 +32,30 @@ def _announce(key: SecretKey, models: list[str], slots: int = 1) -> bytes:
 
 
 def _serve(mesh: MeshHost, executor: JobExecutor) -> None:
+    _serve_runner(mesh, executor.run)
+
+
+def _serve_runner(mesh: MeshHost, runner: JobRunner) -> None:
+    """Serve both job protocols, as a node does."""
     async def handle(stream: Any) -> None:
-        await serve_job_stream(stream, executor.run)
+        await serve_job_stream(stream, runner)
 
     mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
+    mesh.host.set_stream_handler(JOB_MUX_PROTOCOL, SessionServer(runner).handle)
 
 
-async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -> None:
+async def _relay(nursery: trio.Nursery, mesh: MeshHost, table: PeerTable, key: SecretKey,
+                 sessions: bool) -> tuple[Relay, SessionPool | None]:
+    """A relay on ``mesh``; with ``sessions``, its jobs go over job sessions."""
+    pool = SessionPool(mesh) if sessions else None
+    if pool is not None:
+        await nursery.start(pool.serve)
+    return Relay(mesh, table, key.public_key.hex(), sessions=pool), pool
+
+
+@pytest.mark.parametrize("sessions", [False, True], ids=["stream-per-job", "sessions"])
+async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it(
+        sessions: bool) -> None:
     key_a, key_b, key_c = (SecretKey.generate().even_y() for _ in range(3))
     async with open_host(key_a.secret_bytes(), listen_host="127.0.0.1", port=0) as a, \
             open_host(key_b.secret_bytes(), listen_host="127.0.0.1", port=0) as b, \
@@ -51,7 +69,7 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -
         async def ignore(ann: Announcement, peer_id: str) -> None:
             return None
 
-        relay = Relay(a, table, key_a.public_key.hex())
+        relay, pool = await _relay(nursery, a, table, key_a, sessions)
         _serve(a, JobExecutor(FakeEngine(), set(), 1, key_a.public_key.hex(), relay=relay))
         _serve(b, JobExecutor(FakeEngine(), {"m"}, 1, key_b.public_key.hex()))
         await nursery.start(AnnouncementGossip(a, on_announcement).serve)
@@ -74,6 +92,7 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -
         assert text == "relayed words here "
         assert call.final is not None and call.final.completion_tokens == 3
         assert relay.relayed == 1
+        assert (pool.open_sessions() if pool else 0) == int(sessions)
 
         # a model nobody announces is refused by A, naming what A serves
         unknown = JobRequest(job_id="r2", model="nope",
@@ -85,7 +104,8 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -
         nursery.cancel_scope.cancel()
 
 
-async def test_a_relay_replaces_a_node_lost_before_its_first_token() -> None:
+@pytest.mark.parametrize("sessions", [False, True], ids=["stream-per-job", "sessions"])
+async def test_a_relay_replaces_a_node_lost_before_its_first_token(sessions: bool) -> None:
     key_a, key_bad, key_good, key_c = (SecretKey.generate().even_y() for _ in range(4))
     opened: list[Any] = []
 
@@ -106,14 +126,14 @@ async def test_a_relay_replaces_a_node_lost_before_its_first_token() -> None:
         async def ignore(ann: Announcement, peer_id: str) -> None:
             return None
 
-        relay = Relay(a, table, key_a.public_key.hex())
+        relay, _ = await _relay(nursery, a, table, key_a, sessions)
         _serve(a, JobExecutor(FakeEngine(), set(), 1, key_a.public_key.hex(), relay=relay))
 
-        async def bad_handler(stream: Any) -> None:
-            opened.append(stream)
-            await serve_job_stream(stream, accept_then_die)
+        async def bad_runner(request: JobRequest, peer: str, send: SendFrame) -> None:
+            opened.append(request)
+            await accept_then_die(request, peer, send)
 
-        bad.host.set_stream_handler(JOB_PROTOCOL, bad_handler)
+        _serve_runner(bad, bad_runner)
         _serve(good, JobExecutor(FakeEngine(), {"m"}, 1, key_good.public_key.hex()))
         await nursery.start(AnnouncementGossip(a, on_announcement).serve)
         # the bad node advertises more free slots, so it is tried first
