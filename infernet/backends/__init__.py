@@ -7,7 +7,8 @@ Modules:
   ports, env vars, model naming.
 - ``select``: `open_backend` — probe, honour overrides, fall back to the embedded engine.
 - ``ollama``: Ollama's native API (chat NDJSON, pull, delete, ps).
-- ``openai_compat``: the OpenAI-compatible family (vLLM, SGLang, MAX, llama.cpp/llama-swap).
+- ``openai_compat``: the OpenAI-compatible family (vLLM, SGLang, MAX, llama.cpp/llama-swap);
+  ``sse``: the incremental decoder of their ``text/event-stream`` answers.
 - ``instances``: several vLLM instances, one model each, behind one `Backend`.
 - ``embedded``, ``embedded_server``, ``qa_prompt``: the embedded llama.cpp engine and its
   base-model prompt template; ``supervisor``: restarts it with backoff.

@@ -2,8 +2,9 @@
 SGLang, Modular MAX (`infernet.backends.engines` lists how they differ).
 
 Owns: the HTTP calls to the health probe, ``/v1/models`` and the streaming generation
-endpoints, SSE parsing, and the translation of every engine or transport failure into
-`BackendError` (DESIGN.md "Backends"; the contract is `infernet.backends.base.Backend`).
+endpoints, reading their SSE streams (`infernet.backends.sse` decodes them), and the
+translation of every engine or transport failure into `BackendError` (DESIGN.md "Backends";
+the contract is `infernet.backends.base.Backend`).
 
 Invariants:
 - Every request has an httpx timeout (connect, read, write, pool); nothing waits forever.
@@ -30,11 +31,9 @@ instead of ``/v1/chat/completions`` and reads ``choices[].text`` instead of ``ch
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AsyncExitStack, aclosing
 from typing import Any, Final
 
 import httpx
-import httpx_sse
 import msgspec
 
 from infernet.backends.base import (
@@ -48,6 +47,7 @@ from infernet.backends.base import (
     Usage,
     unsupported,
 )
+from infernet.backends.sse import EventDataDecoder
 from infernet.backends.transport import (
     MAX_ERROR_BODY,
     map_transport_errors,
@@ -66,6 +66,9 @@ DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 # a response" (measured: 6 of 30 back-to-back streams; none with a fresh connection each).
 # A new connection costs well under a millisecond next to a generation, so none is reused.
 _NO_KEEPALIVE: Final = {"Connection": "close"}
+# An SSE request's headers, as httpx_sse.aconnect_sse sent them when the adapter used it.
+_STREAM_HEADERS: Final = {**_NO_KEEPALIVE, "Accept": "text/event-stream",
+                          "Cache-Control": "no-store"}
 _GENERIC_INSTALL_HINT: Final = (
     "start the engine with the model (it downloads the weights itself), then list the name "
     "in served_models"
@@ -168,6 +171,8 @@ class OpenAICompatBackend:
         self._capabilities = BackendCapabilities(model_naming=model_naming)
         self._install_hint = install_hint
         self._known_models: frozenset[str] | None = None
+        # Parsed once per endpoint: httpx parses a str URL twice per request.
+        self._urls: dict[str, httpx.URL] = {}
 
     @property
     def name(self) -> str:
@@ -279,39 +284,48 @@ class OpenAICompatBackend:
         usage: _Usage | None = None
         finish_reason = "stop"
         done = False
-        async with AsyncExitStack() as stack:
-            with map_transport_errors(streaming=False):
-                source = await stack.enter_async_context(
-                    httpx_sse.aconnect_sse(
-                        self._client,
-                        "POST",
-                        self._base_url + path,
-                        json=body,
-                        headers=dict(_NO_KEEPALIVE),
-                        timeout=self._timeout,
-                    )
-                )
-            if source.response.status_code != 200:
-                body_bytes = await read_error_body(source.response)
-                raise self._status_error(source.response.status_code, body_bytes)
-            events = await stack.enter_async_context(aclosing(source.aiter_sse()))
+        with map_transport_errors(streaming=False):
+            response = await self._client.send(
+                self._client.build_request(
+                    "POST",
+                    self._url(path),
+                    json=body,
+                    headers=_STREAM_HEADERS,
+                    timeout=self._timeout,
+                ),
+                stream=True,
+            )
+        try:
+            if response.status_code != 200:
+                body_bytes = await read_error_body(response)
+                raise self._status_error(response.status_code, body_bytes)
+            decoder = EventDataDecoder(_event_stream_encoding(response))
             with map_transport_errors(streaming=True):
-                async for event in events:
-                    # Read on to EOF after [DONE] rather than break: httpx's response
-                    # iterators are nested async generators that trio flags with a
-                    # ResourceWarning when abandoned half-way (encode/httpx#3686).
-                    if done or event.data.strip() == "[DONE]":
-                        done = True
-                        continue
-                    chunk = _decode_chunk(event.data)
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        text = _choice_text(choice)
-                        if text:
-                            yield TextDelta(text=text)
+                async for part in response.aiter_bytes():
+                    for data in decoder.feed(part):
+                        # Read on to EOF after [DONE] rather than break: httpx's response
+                        # iterators are nested async generators that trio flags with a
+                        # ResourceWarning when abandoned half-way (encode/httpx#3686).
+                        if done or data.strip() == "[DONE]":
+                            done = True
+                            continue
+                        chunk = _decode_chunk(data)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        for choice in chunk.choices:
+                            finish_reason = choice.finish_reason or finish_reason
+                            text = _choice_text(choice)
+                            if text:
+                                yield TextDelta(text=text)
+        finally:
+            await response.aclose()
         yield _final_usage(usage, finish_reason, done=done)
+
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        return url
 
     def _request_body(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
         """Return the endpoint path and JSON body for ``request``."""
@@ -401,6 +415,23 @@ def _choice_text(choice: _Choice) -> str | None:
     if choice.delta is not None:
         return choice.delta.content
     return choice.text
+
+
+def _event_stream_encoding(response: httpx.Response) -> str:
+    """The charset to read an SSE body with.
+
+    Raises:
+        BackendError: the answer is not ``text/event-stream`` (``internal_error``), as
+            httpx_sse refuses it.
+    """
+    content_type = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in content_type:
+        raise BackendError(
+            "engine answered a non-SSE stream: Expected response header Content-Type to "
+            f"contain 'text/event-stream', got {content_type!r}",
+            code="internal_error",
+        )
+    return response.encoding or "utf-8"
 
 
 def _decode_chunk(data: str) -> _Chunk:

@@ -27,6 +27,9 @@ DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 _THIRD_PARTY = ("libp2p", "multiaddr", "hypercorn", "httpx", "httpcore", "quart",
                 "async_service", "coordinator.http")
+# Log every request at INFO (the node posts one per job to its engine): a level on the logger
+# drops those records before they are built, not in a handler's filter after.
+_PER_REQUEST = ("httpx",)
 
 
 class _QuietThirdParty(logging.Filter):
@@ -119,6 +122,8 @@ def setup_logging(
     for name in _THIRD_PARTY:
         lg = logging.getLogger(name)
         lg.propagate = True
+        if name in _PER_REQUEST:
+            lg.setLevel(logging.NOTSET if verbose else third_party_level)
         # libp2p attaches its own handlers; route everything through ours instead.
         for handler in list(lg.handlers):
             lg.removeHandler(handler)

@@ -235,7 +235,14 @@ class JobExecutor:
         async with tx:
             try:
                 async for item in self.backend.stream_chat(chat):
-                    await tx.send(item)
+                    # No checkpoint per item: what the engine sent in one read is queued
+                    # whole, so the writer (woken by the first) sends it in one frame rather
+                    # than a frame for the first item and another for the rest. The engine's
+                    # reads are checkpoints, so the writer still runs before the next one.
+                    try:
+                        tx.send_nowait(item)
+                    except trio.WouldBlock:
+                        await tx.send(item)
             except BackendError as exc:
                 await tx.send(exc)
 

@@ -86,6 +86,10 @@ class JobTracker:
         self.draining = False
         self._idle = trio.Event()
         self._idle.set()
+        # labels() takes a lock and validates its arguments: look each child up once.
+        self._outcome_counters = {outcome: metrics.jobs.labels(outcome) for outcome in OUTCOMES}
+        self._prompt_counter = metrics.tokens.labels("prompt")
+        self._completion_counter = metrics.tokens.labels("completion")
         metrics.bind("running", lambda: self.running)
         metrics.bind("draining", lambda: float(self.draining))
 
@@ -140,15 +144,15 @@ class JobTracker:
         self._record("completed")
         self.prompt_tokens += final.prompt_tokens
         self.completion_tokens += final.completion_tokens
-        self.metrics.tokens.labels("prompt").inc(final.prompt_tokens)
-        self.metrics.tokens.labels("completion").inc(final.completion_tokens)
+        self._prompt_counter.inc(final.prompt_tokens)
+        self._completion_counter.inc(final.completion_tokens)
         self.metrics.ttft.observe(final.ttft_ms / 1000)
         if final.tokens_per_s > 0:
             self.metrics.rate.observe(final.tokens_per_s)
 
     def _record(self, outcome: Outcome) -> None:
         self.counts[outcome] += 1
-        self.metrics.jobs.labels(outcome).inc()
+        self._outcome_counters[outcome].inc()
 
 
 class _Seen:

@@ -151,14 +151,24 @@ class ReceiptStore:
             return []
         return [rid for _, rid in sorted(found)]
 
-    def write_pending(self, envelopes: list[bytes]) -> int:
+    def write_pending(self, envelopes: list[bytes], ids: list[str] | None = None) -> int:
         """Write node-signed envelopes into ``pending/``; return how many were written
-        (the rest found ``pending/`` full). One directory fsync for the whole batch."""
-        self.ensure_dirs()
+        (the rest found ``pending/`` full). One directory fsync for the whole batch.
+
+        ``ids``, when given, are the envelopes' receipt ids (the daemon's queue has them
+        already; otherwise each envelope is decoded for its id).
+
+        Raises:
+            OSError: a file cannot be written (those before it are).
+            RemoteProtocolError: an envelope does not decode (those before it are written).
+        """
+        if not self.pending.is_dir():  # not per batch: ensure_dirs costs eight system calls
+            self.ensure_dirs()
         room = self.max_pending - self.pending_count()
         batch = envelopes[:max(room, 0)]
-        for envelope in batch:
-            path = self.pending / f"{receipt_id(decode_signed_receipt(envelope).body)}.cbor"
+        for i, envelope in enumerate(batch):
+            rid = ids[i] if ids is not None else receipt_id(decode_signed_receipt(envelope).body)
+            path = self.pending / f"{rid}.cbor"
             existed = path.exists()
             _write_atomic(path, envelope)
             if not existed:
@@ -290,7 +300,8 @@ class ReceiptQueue:
 
     def __init__(self, store: ReceiptStore, *, capacity: int = QUEUE_SIZE) -> None:
         self.store = store
-        self._tx, self._rx = trio.open_memory_channel[bytes](capacity)
+        # (receipt id, envelope): the id is hashed here rather than decoded back on the writer
+        self._tx, self._rx = trio.open_memory_channel[tuple[str, bytes]](capacity)
         self._new = trio.Event()
         self._stats = ReceiptStatistics()
         self._dropped = 0
@@ -299,7 +310,7 @@ class ReceiptQueue:
         """Queue a freshly signed receipt for disk (the executor's ``on_receipt``). Never
         blocks or raises: a full queue drops the receipt with a warning."""
         try:
-            self._tx.send_nowait(encode_receipt(signed))
+            self._tx.send_nowait((receipt_id(signed.body), encode_receipt(signed)))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self._drop(1, "the receipt queue is full")
 
@@ -324,7 +335,7 @@ class ReceiptQueue:
         if self._stats.pending:
             self._new.set()  # left over from the last run: the submitter starts with them
         task_status.started()
-        batch: list[bytes] = []
+        batch: list[tuple[str, bytes]] = []
         try:
             async for first in self._rx:
                 batch = [first, *self._drain()]
@@ -338,8 +349,8 @@ class ReceiptQueue:
                     await self._write(left)
                     left = self._drain()
 
-    def _drain(self) -> list[bytes]:
-        out: list[bytes] = []
+    def _drain(self) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
         while len(out) < WRITE_BATCH:
             try:
                 out.append(self._rx.receive_nowait())
@@ -347,9 +358,11 @@ class ReceiptQueue:
                 break
         return out
 
-    async def _write(self, batch: list[bytes]) -> None:
+    async def _write(self, batch: list[tuple[str, bytes]]) -> None:
         try:
-            stored = await trio.to_thread.run_sync(self.store.write_pending, batch)
+            stored = await trio.to_thread.run_sync(self.store.write_pending,
+                                                   [envelope for _, envelope in batch],
+                                                   [rid for rid, _ in batch])
         except (OSError, InfernetError) as exc:
             self._drop(len(batch), f"cannot write {self.store.pending}: {exc}")
             return

@@ -76,6 +76,8 @@ def format_decimal(value: Decimal) -> str:
 
 
 def _plain(value: object) -> object:
+    if type(value) is str or type(value) is int:  # most fields: skip the checks below
+        return value
     if isinstance(value, Decimal):
         return format_decimal(value)
     if isinstance(value, list | tuple):

@@ -147,7 +147,7 @@ class PublicKey:
 class SecretKey:
     """A secp256k1 secret scalar; signs BIP-340. Its repr is ``SecretKey(<redacted>)``."""
 
-    __slots__ = ("_data", "_public_key")
+    __slots__ = ("_data", "_public_key", "_signer")
 
     def __init__(self, data: bytes) -> None:
         """Wrap a 32-byte big-endian scalar.
@@ -161,6 +161,10 @@ class SecretKey:
             raise KeyFormatError("secret key is out of range for secp256k1")
         self._data = data
         self._public_key = PublicKey(coincurve.PublicKeyXOnly.from_secret(data).format())
+        # Building a coincurve key derives its public point (a scalar multiplication): a
+        # node signs a receipt per job with the same key, so build it once, on first use
+        # (ephemeral keys that never sign do not pay for it).
+        self._signer: coincurve.PrivateKey | None = None
 
     @classmethod
     def generate(cls, randbytes: Callable[[int], bytes] = secrets.token_bytes) -> SecretKey:
@@ -221,7 +225,9 @@ class SecretKey:
         aux_rand = secrets.token_bytes(32) if aux is None else aux
         if len(aux_rand) != 32:
             raise LocalProtocolError("BIP-340 aux randomness is 32 bytes")
-        return coincurve.PrivateKey(self._data).sign_schnorr(msg32, aux_rand)
+        if self._signer is None:
+            self._signer = coincurve.PrivateKey(self._data)
+        return self._signer.sign_schnorr(msg32, aux_rand)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SecretKey) and hmac.compare_digest(self._data, other._data)

@@ -9,9 +9,12 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from infernet.cli.logs import FORMAT, LogFileHandler
+import pytest
+
+from infernet.cli.logs import FORMAT, LogFileHandler, setup_logging
 from tests.cli.conftest import Cli
 
 
@@ -46,6 +49,29 @@ def test_rotates_by_size_and_reopens_a_moved_file(tmp_path: Path) -> None:
         handler.close()
     first = path.read_text().splitlines()[0]
     assert first.startswith("[") and first[20:22] == "] "  # [YYYY-MM-DD HH:MM:SS] message
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    handlers, level, httpx_level = list(root.handlers), root.level, httpx_logger.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    httpx_logger.setLevel(httpx_level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_per_request_third_party_records_are_not_even_built() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    setup_logging(terminal=False)
+    assert not httpx_logger.isEnabledFor(logging.INFO)
+    assert httpx_logger.isEnabledFor(logging.WARNING)
+    setup_logging(terminal=False, verbose=True)
+    assert httpx_logger.isEnabledFor(logging.DEBUG)
 
 
 def write_log(cli: Cli, lines: list[str]) -> Path:

@@ -92,6 +92,12 @@ async def test_text_queued_while_a_frame_is_written_goes_out_in_one_chunk() -> N
     assert len(chunks) < 50  # batched, not one frame per token
 
 
+async def test_text_the_engine_hands_over_at_once_goes_out_in_one_chunk() -> None:
+    # FakeEngine yields without a checkpoint, like deltas parsed from one network read.
+    frames = await _run(JobExecutor(FakeEngine(), {"m"}, 1, "pk"), _request("one two three"))
+    assert [f.text for f in frames if isinstance(f, Chunk)] == ["one two three "]
+
+
 async def test_unknown_model_and_full_slots_are_refused() -> None:
     gate = trio.Event()
     executor = JobExecutor(FakeEngine(gate=gate), {"m"}, 1, "pk")

@@ -92,6 +92,27 @@ async def test_writes_are_atomic_and_leave_no_temporary_files(
     assert store.ids(store.pending) == [receipt_id(signed(2).body)]
 
 
+async def test_a_removed_pending_directory_is_made_again(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    assert store.write_pending([encode_receipt(signed(1))]) == 1
+    for path in store.pending.iterdir():
+        path.unlink()
+    store.pending.rmdir()
+    assert store.write_pending([encode_receipt(signed(2))]) == 1
+    assert store.ids(store.pending) == [receipt_id(signed(2).body)]
+    assert mode(store.pending) == 0o700
+
+
+async def test_given_ids_name_the_files(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    envelopes = [encode_receipt(signed(n)) for n in (1, 2)]
+    ids = [receipt_id(signed(n).body) for n in (1, 2)]
+    assert store.write_pending(envelopes, ids) == 2
+    assert sorted(store.ids(store.pending)) == sorted(ids)
+    for rid, envelope in zip(ids, envelopes, strict=True):
+        assert store.read_pending(rid) == envelope
+
+
 async def test_a_full_store_drops_receipts_and_never_raises(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     queue = ReceiptQueue(ReceiptStore(tmp_path, max_pending=3))
