@@ -13,7 +13,6 @@ carries ``X-RateLimit-Limit``/``-Remaining``/``-Reset``.
 from __future__ import annotations
 
 import logging
-from typing import Final
 
 import trio
 from quart import Response, g, request
@@ -21,21 +20,22 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from coordinator import http_jobs, http_nodes, http_openai, http_registry
-from coordinator.http_common import ApiError, CoordinatorState, error_response, json_response
+from coordinator.asgi_chat import ChatRoute
+from coordinator.http_common import (
+    ApiError,
+    CoordinatorState,
+    error_response,
+    http_error_code,
+    json_response,
+    log_api_error,
+)
 from coordinator.metrics import CONTENT_TYPE
 from coordinator.openapi import openapi_document
 from coordinator.ratelimit import Decision
-from infernet.protocol.errors import ErrorCode
 
 __all__ = ["ApiError", "CoordinatorState", "create_app"]
 
 log = logging.getLogger("coordinator.api")
-
-_HTTP_CODES: Final[dict[int, ErrorCode]] = {400: "bad_request", 401: "unauthorized",
-                                            404: "not_found", 405: "bad_request",
-                                            413: "bad_request", 414: "bad_request",
-                                            431: "bad_request"}
-
 
 def create_app(state: CoordinatorState) -> QuartTrio:
     """Build the ASGI app bound to ``state``."""
@@ -46,16 +46,13 @@ def create_app(state: CoordinatorState) -> QuartTrio:
 
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        level = logging.WARNING if exc.status >= 500 else logging.INFO
-        log.log(level, "%s %s -> %d %s: %s", request.method, request.path, exc.status,
-                exc.code, exc)
+        log_api_error(request.method, request.path, exc)
         return error_response(exc.code, str(exc), exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
-        return error_response(code, exc.description or exc.name, status)
+        return error_response(http_error_code(status), exc.description or exc.name, status)
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -88,4 +85,7 @@ def create_app(state: CoordinatorState) -> QuartTrio:
     http_jobs.register(app, state)
     http_nodes.register(app, state)
     http_registry.register(app, state)
+    # Quart's documented place for ASGI middleware; the hot route skips Quart (see there).
+    app.asgi_app = ChatRoute(  # type: ignore[method-assign]
+        app.asgi_app, state, max_body=state.max_body, body_timeout=app.config["BODY_TIMEOUT"])
     return app

@@ -5,14 +5,19 @@ with an error body in the shape of the route's API: OpenAI's nested object under
 the flat ``{"error", "error_message"}`` under ``/api/v1``), `authenticate` and
 `count_request`, which leave the token's ``X-RateLimit-*`` values on the request context
 for `coordinator.app` to add to the response, whatever its status.
+
+The Quart-free parts of those (`check_token`, `peek_rate`, `hit_rate`, `refuse_if_limited`,
+`error_body`, `log_api_error`, `http_error_code`) are shared with `coordinator.asgi_chat`,
+which serves the hot route without Quart, so both answer alike.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from quart import Response, g, request
@@ -31,8 +36,16 @@ from infernet.protocol.auth import AuthVerifier
 from infernet.protocol.errors import ErrorCode, info
 from infernet.protocol.keys import PublicKey
 
-__all__ = ["ApiError", "CoordinatorState", "authenticate", "count_request", "error_response",
-           "json_response", "node_key_lookup", "read_body"]
+__all__ = ["ApiError", "CoordinatorState", "authenticate", "check_token", "count_request",
+           "error_body", "error_response", "hit_rate", "http_error_code", "json_response",
+           "log_api_error", "node_key_lookup", "peek_rate", "read_body", "refuse_if_limited"]
+
+log = logging.getLogger("coordinator.api")
+
+_HTTP_CODES: Final[dict[int, ErrorCode]] = {400: "bad_request", 401: "unauthorized",
+                                            404: "not_found", 405: "bad_request",
+                                            413: "bad_request", 414: "bad_request",
+                                            431: "bad_request"}
 
 
 @dataclass(slots=True)
@@ -84,14 +97,65 @@ def json_response(body: dict[str, Any], status: int = 200,
                     headers=headers)
 
 
+def error_body(path: str, code: ErrorCode, message: str) -> dict[str, Any]:
+    """The error body of the API ``path`` belongs to."""
+    if path.startswith("/api/"):
+        return job_api.error_body(code, message)
+    return openai_api.error_body(code, message)
+
+
 def error_response(code: ErrorCode, message: str, status: int,
                    headers: dict[str, str] | None = None) -> Response:
     """The error body of the API the current request belongs to."""
-    if request.path.startswith("/api/"):
-        body = job_api.error_body(code, message)
-    else:
-        body = openai_api.error_body(code, message)
-    return json_response(body, status, headers)
+    return json_response(error_body(request.path, code, message), status, headers)
+
+
+def log_api_error(method: str, path: str, exc: ApiError) -> None:
+    """Log an answered error: a warning when it is the server's (5xx), else info."""
+    level = logging.WARNING if exc.status >= 500 else logging.INFO
+    log.log(level, "%s %s -> %d %s: %s", method, path, exc.status, exc.code, exc)
+
+
+def http_error_code(status: int) -> ErrorCode:
+    """The error code of an HTTP-level refusal (Quart's own 404/405/413...)."""
+    return _HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
+
+
+async def check_token(state: CoordinatorState, authorization: str) -> TokenRecord:
+    """The live token an ``Authorization`` header value names.
+
+    Raises:
+        ApiError: ``unauthorized`` for a missing, unknown or revoked token.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'")
+    record = await state.tokens.check(token.strip())
+    if record is None:
+        raise ApiError("unauthorized", "invalid or revoked API token")
+    return record
+
+
+def peek_rate(state: CoordinatorState, token: TokenRecord) -> Decision:
+    """The token's rate-limit state now, without counting a request."""
+    return state.limiter.peek(token.id, limits_for(token, state.default_limits), time.time())
+
+
+def hit_rate(state: CoordinatorState, token: TokenRecord) -> Decision:
+    """Count a job submission against the token's limits, if it fits (see
+    `refuse_if_limited`)."""
+    return state.limiter.hit(token.id, limits_for(token, state.default_limits), time.time())
+
+
+def refuse_if_limited(state: CoordinatorState, decision: Decision) -> None:
+    """Raises:
+        ApiError: ``rate_limited`` (429, with ``Retry-After``) when ``decision`` refused.
+    """
+    if not decision.allowed:
+        state.metrics.rate_limited.inc()
+        raise ApiError("rate_limited",
+                       f"rate limit of {decision.limit} requests reached for this token; "
+                       f"retry in {decision.retry_after} s")
 
 
 async def authenticate(state: CoordinatorState) -> TokenRecord:
@@ -100,14 +164,8 @@ async def authenticate(state: CoordinatorState) -> TokenRecord:
     Raises:
         ApiError: ``unauthorized`` for a missing, unknown or revoked token.
     """
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError("unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'")
-    record = await state.tokens.check(token.strip())
-    if record is None:
-        raise ApiError("unauthorized", "invalid or revoked API token")
-    g.rate = state.limiter.peek(record.id, limits_for(record, state.default_limits), time.time())
+    record = await check_token(state, request.headers.get("Authorization", ""))
+    g.rate = peek_rate(state, record)
     return record
 
 
@@ -117,13 +175,9 @@ def count_request(state: CoordinatorState, token: TokenRecord) -> Decision:
     Raises:
         ApiError: ``rate_limited`` (429, with ``Retry-After``) when a window is full.
     """
-    decision = state.limiter.hit(token.id, limits_for(token, state.default_limits), time.time())
+    decision = hit_rate(state, token)
     g.rate = decision
-    if not decision.allowed:
-        state.metrics.rate_limited.inc()
-        raise ApiError("rate_limited",
-                       f"rate limit of {decision.limit} requests reached for this token; "
-                       f"retry in {decision.retry_after} s")
+    refuse_if_limited(state, decision)
     return decision
 
 

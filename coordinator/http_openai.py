@@ -5,6 +5,10 @@ with a proper status before any byte of the answer, and rendering the job's text
 ``chat.completion`` or as ``chat.completion.chunk`` server-sent events.
 Spec: ``specs/http-api.md`` §"OpenAI API".
 
+`answer_chat` is the whole of ``POST /v1/chat/completions`` short of HTTP framing: the Quart
+route here and `coordinator.asgi_chat` (which serves it in production, without Quart's
+per-request cost) both call it, so the two answer alike.
+
 Invariants: headers go out only once the job has its first text (or ended), so a node lost
 before the first token is invisible to the client and the provenance headers name the node
 that really answered; a stream that breaks mid-answer ends with an SSE error event, never a
@@ -14,21 +18,26 @@ hang; the client going away cancels the job.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 
+import msgspec
 import trio
-from quart import Response
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from coordinator.http_common import (
     ApiError,
     CoordinatorState,
     authenticate,
-    count_request,
+    check_token,
+    hit_rate,
     json_response,
+    peek_rate,
     read_body,
+    refuse_if_limited,
 )
 from coordinator.jobs import LiveJob, new_job_id
 from coordinator.openai_api import (
@@ -43,9 +52,20 @@ from coordinator.openai_api import (
     to_job_request,
     usage_chunk,
 )
+from coordinator.ratelimit import Decision
 from infernet.protocol.errors import InfernetError
 
-__all__ = ["register"]
+__all__ = ["ChatAnswer", "answer_chat", "register"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatAnswer:
+    """A chat completion ready to go out with status 200: whole, or as SSE events that
+    detach the job's reader when they end (iterate under ``aclosing``)."""
+
+    content_type: str
+    headers: dict[str, str]
+    body: bytes | AsyncGenerator[bytes, None]
 
 
 def register(app: QuartTrio, state: CoordinatorState) -> None:
@@ -64,33 +84,61 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        token = await authenticate(state)
-        try:
-            chat = parse_chat_request(await read_body(state))
-        except BadRequest as exc:
-            raise ApiError("bad_request", str(exc)) from None
-        try:
-            state.jobs.check_routable(chat.model)
-        except InfernetError as exc:
-            raise ApiError(exc.code, str(exc)) from None
-        count_request(state, token)  # only requests that become jobs count (specs §2)
-        request = to_job_request(chat, new_job_id())
-        job = state.jobs.submit(token.id, request, "openai", interactive=True)
-        state.jobs.attach(job)
-        handed_over = False  # once the SSE body runs, it detaches when it ends
-        try:
-            await _first_output(job)
-            meta = ResponseMeta(job.id, chat.model, int(time.time()), job.node_pubkey or "",
-                                weights_hash=job.served_weights)
-            if chat.stream:
-                handed_over = True
-                return Response(_sse_body(state, chat, job, meta), status=200,
-                                content_type="text/event-stream",
-                                headers={**meta.headers(), "Cache-Control": "no-cache"})
-            return await _collect(job, meta)
-        finally:
-            if not handed_over:
-                state.jobs.detach(job)
+        # In production `coordinator.asgi_chat` answers before Quart routes; this stays the
+        # route Quart knows (405 for other methods, OPTIONS) and the reference it is tested
+        # against.
+        answer = await answer_chat(state, request.headers.get("Authorization", ""),
+                                   partial(read_body, state), _keep_rate)
+        return Response(answer.body, status=200, content_type=answer.content_type,
+                        headers=answer.headers)
+
+
+def _keep_rate(decision: Decision) -> None:
+    g.rate = decision  # `coordinator.app` puts it on the response
+
+
+async def answer_chat(state: CoordinatorState, authorization: str,
+                      read: Callable[[], Awaitable[bytes]],
+                      keep_rate: Callable[[Decision], None]) -> ChatAnswer:
+    """Run a chat completion request up to its first text (whole answer if not streamed).
+
+    ``authorization`` is the request's header value, ``read`` returns its body, and
+    ``keep_rate`` receives each rate-limit state the response must report.
+
+    Raises:
+        ApiError: every refusal and every job failure before the first text.
+        HTTPException: whatever ``read`` raises (body too large, too slow).
+    """
+    token = await check_token(state, authorization)
+    keep_rate(peek_rate(state, token))
+    try:
+        chat = parse_chat_request(await read())
+    except BadRequest as exc:
+        raise ApiError("bad_request", str(exc)) from None
+    try:
+        state.jobs.check_routable(chat.model)
+    except InfernetError as exc:
+        raise ApiError(exc.code, str(exc)) from None
+    decision = hit_rate(state, token)  # only requests that become jobs count (specs §2)
+    keep_rate(decision)
+    refuse_if_limited(state, decision)
+    job = state.jobs.submit(token.id, to_job_request(chat, new_job_id()), "openai",
+                            interactive=True)
+    state.jobs.attach(job)
+    handed_over = False  # once the SSE body runs, it detaches when it ends
+    try:
+        await _first_output(job)
+        meta = ResponseMeta(job.id, chat.model, int(time.time()), job.node_pubkey or "",
+                            weights_hash=job.served_weights)
+        if chat.stream:
+            handed_over = True
+            return ChatAnswer("text/event-stream",
+                              {**meta.headers(), "Cache-Control": "no-cache"},
+                              _sse_body(state, chat, job, meta))
+        return await _collect(job, meta)
+    finally:
+        if not handed_over:
+            state.jobs.detach(job)
 
 
 async def _first_output(job: LiveJob) -> None:
@@ -110,7 +158,7 @@ async def _first_output(job: LiveJob) -> None:
         raise ApiError(job.error_code or "internal_error", job.error_message)
 
 
-async def _collect(job: LiveJob, meta: ResponseMeta) -> Response:
+async def _collect(job: LiveJob, meta: ResponseMeta) -> ChatAnswer:
     await job.wait_ended()  # the text accumulates in job.parts
     if job.status == "failed":
         raise ApiError(job.error_code or "internal_error", job.error_message)
@@ -120,11 +168,11 @@ async def _collect(job: LiveJob, meta: ResponseMeta) -> Response:
     meta = replace(meta, receipt_id=job.receipt_id)
     body = completion_body(meta, "".join(job.parts), final.finish_reason, final.prompt_tokens,
                            final.completion_tokens)
-    return json_response(body, headers=meta.headers())
+    return ChatAnswer("application/json", meta.headers(), msgspec.json.encode(body))
 
 
 async def _sse_body(state: CoordinatorState, chat: ChatCompletionRequest, job: LiveJob,
-                    meta: ResponseMeta) -> AsyncIterator[bytes]:
+                    meta: ResponseMeta) -> AsyncGenerator[bytes, None]:
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     # Events are joined into one write where they are ready together (each write costs a
     # send through hypercorn): the role chunk rides with the first text, the end together.

@@ -44,7 +44,7 @@ from coordinator.receipts import (
     rejected_record,
     unwitnessed_record,
 )
-from coordinator.router import ACCEPT_TIMEOUT, Router
+from coordinator.router import ACCEPT_TIMEOUT, Router, candidates
 from coordinator.store import JobRecord, Store
 from coordinator.store_writer import AsyncStore, PendingWrite
 from infernet.mesh.peer_table import PeerEntry
@@ -172,6 +172,10 @@ class LiveJob:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_code: ErrorCode | None = None
     _changed: trio.Event = field(default_factory=trio.Event)
+    # Set once for good, so a reader waiting for the first text or the end wakes once, not
+    # at every piece of text (each wake-up is a trip through trio's scheduler).
+    _output: trio.Event = field(default_factory=trio.Event)
+    _end: trio.Event = field(default_factory=trio.Event)
 
     @property
     def model(self) -> str:
@@ -184,6 +188,11 @@ class LiveJob:
     def notify(self) -> None:
         event, self._changed = self._changed, trio.Event()
         event.set()
+        if self.ended:
+            self._end.set()
+            self._output.set()
+        elif self.parts:
+            self._output.set()
 
     async def wait_persisted(self) -> None:
         """Wait until the job's record committed.
@@ -196,13 +205,13 @@ class LiveJob:
 
     async def wait_output(self) -> None:
         """Wait until the job has text or has ended. Cancel-safe."""
-        while not self.parts and not self.ended:
-            await self._changed.wait()
+        if not self.parts and not self.ended:
+            await self._output.wait()
 
     async def wait_ended(self) -> None:
         """Wait until the job completed or failed. Cancel-safe."""
-        while not self.ended:
-            await self._changed.wait()
+        if not self.ended:
+            await self._end.wait()
 
     async def follow(self, start: int = 0) -> AsyncGenerator[list[str], None]:
         """Yield the job's text from piece ``start`` on, as lists of every piece that
@@ -316,7 +325,9 @@ class JobManager:
             InfernetError: ``model_not_found`` or ``no_capacity`` (see `router.candidates`),
                 ``no_capacity`` when too many jobs are live already.
         """
-        self.router.ranked(model, trio.current_time(), weights_hash=weights_hash, pinned=pinned)
+        # `candidates` raises exactly what `Router.ranked` would, without scoring every node.
+        candidates(self.router.table, model, trio.current_time(), weights_hash=weights_hash,
+                   pinned=pinned)
         if len(self._live) >= self.settings.max_live:
             raise InfernetError("the coordinator is at its job limit; retry shortly",
                                 code="no_capacity")
