@@ -68,7 +68,9 @@ class ModelOffer(msgspec.Struct, frozen=True, kw_only=True):
     """One served model; prices are per 1000 tokens, weights_hash names the exact weights."""
 
     name: _Name
-    weights_hash: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    # Visible ASCII only: it travels on in HTTP headers (served-by provenance), where a
+    # CR/LF would be refused after the job started.
+    weights_hash: Annotated[str, msgspec.Meta(max_length=128, pattern=r"^[!-~]*$")] = ""
     quantization: Annotated[str, msgspec.Meta(max_length=32)] = ""  # e.g. "Q4_K_M", "fp16"
     context_length: _Count = 0
     price_per_1k_input: _Price = 0.0

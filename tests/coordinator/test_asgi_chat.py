@@ -103,9 +103,6 @@ async def _script(h: Harness, app: App) -> list[Reply]:
     h.nodes.by_peer[node.peer_id].script = Script(refuse="bad_request")
     out += [await post(CHAT)]
     h.nodes.by_peer[node.peer_id].script = Script()
-    odd = h.nodes.add(weights_hash="bad\nvalue", models=("odd",))
-    out += [await post({**CHAT, "model": "odd"})]  # a header werkzeug refuses: 500
-    h.nodes.by_peer[odd.peer_id].script = Script()
     out += [await post(CHAT) for _ in range(3)]  # the last ones over the limit: 429
     return out
 
@@ -132,7 +129,7 @@ async def test_the_fast_route_answers_as_the_quart_route(
     fast = await _run(tmp_path / "fast", True, caplog)
     statuses = [status for status, _, _ in quart[0]]
     assert statuses == [503, 200, 200, 200, 401, 401, 401, 200, 400, 400, 400, 400, 404, 413,
-                        413, 405, 404, 502, 200, 400, 500, 200, 429, 429]
+                        413, 405, 404, 502, 200, 400, 200, 200, 429]
     for i, (want, got) in enumerate(zip(quart[0], fast[0], strict=True)):
         assert got == want, i
     assert fast[1] == quart[1]

@@ -205,6 +205,10 @@ def test_unsupported_protocol_version(version: str) -> None:
         '{"backend": "x", "expires_at": 1, "models": [{"context_length": 5}]}',
         '{"backend": "x", "expires_at": 1, "models": [{"name": "m", "price_per_1k_input": -1}]}',
         '{"backend": "x", "expires_at": 1, "listen_addrs": ["a", 1]}',
+        # a weights hash goes into HTTP headers: no line breaks, spaces or non-ASCII
+        '{"backend": "x", "expires_at": 1, "models": [{"name": "m", "weights_hash": "a\\r\\n"}]}',
+        '{"backend": "x", "expires_at": 1, "models": [{"name": "m", "weights_hash": "sha256 ab"}]}',
+        '{"backend": "x", "expires_at": 1, "models": [{"name": "m", "weights_hash": "é"}]}',
     ],
 )
 def test_malformed_content_is_rejected(content: str) -> None:
