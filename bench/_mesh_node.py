@@ -27,7 +27,6 @@ import trio
 from infernet.backends.base import ChatRequest, ModelInfo, StreamItem, TextDelta, Usage
 from infernet.mesh.gossip import ANNOUNCE_TOPIC
 from infernet.mesh.host import open_host
-from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionPool, SessionServer
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.peer_table import PeerTable
 from infernet.node.jobs import JobExecutor
@@ -94,13 +93,9 @@ async def _gossip(mesh: Any, peers: list[str]) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     key = SecretKey.from_hex(args.key)
-    async with open_host(key.secret_bytes(), listen_host="127.0.0.1", port=0) as mesh, \
-            trio.open_nursery() as nursery:
-        sessions = SessionPool(mesh)  # a relay reaches its node over a job session, as a node does
-        await nursery.start(sessions.serve)
+    async with open_host(key.secret_bytes(), listen_host="127.0.0.1", port=0) as mesh:
         if args.role == "gossip":
             await _gossip(mesh, args.node_addr)
-            nursery.cancel_scope.cancel()
             return
         if args.role == "node":
             executor = JobExecutor(SyntheticEngine(args.tokens, args.rate), {"m"}, 8,
@@ -111,17 +106,14 @@ async def _serve(args: argparse.Namespace) -> None:
             table.update(_announcement(SecretKey.from_hex(args.node_key)), node_peer,
                          trio.current_time(), connected=True)
             executor = JobExecutor(SyntheticEngine(0, 0), set(), 8, key.public_key.hex(),
-                                   relay=Relay(mesh, table, key.public_key.hex(),
-                                               sessions=sessions))
+                                   relay=Relay(mesh, table, key.public_key.hex()))
 
         async def handle(stream: Any) -> None:
             await serve_job_stream(stream, executor.run)
 
         mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
-        mesh.host.set_stream_handler(JOB_MUX_PROTOCOL, SessionServer(executor.run).handle)
         print("READY", mesh.listen_addrs()[0], flush=True)
         await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-        nursery.cancel_scope.cancel()
 
 
 def main() -> None:

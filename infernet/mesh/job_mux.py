@@ -34,7 +34,7 @@ import trio
 from trio_typing import TaskStatus
 
 from infernet.mesh.host import MeshHost, ProtocolNotOffered, lone_exception
-from infernet.mesh.jobs import JobCall, JobRunner, open_job
+from infernet.mesh.jobs import JobCall, JobRunner
 from infernet.mesh.streams import finish, read_until, write
 from infernet.protocol.errors import (
     ErrorCode,
@@ -54,7 +54,6 @@ MAX_SESSION_JOBS: Final = 256
 MAX_SESSIONS: Final = 64
 OUTBOX_FRAMES: Final = 512
 INBOX_FRAMES: Final = 256  # a node batches up to 64 tokens a frame
-MAX_REMEMBERED: Final = 4096  # nodes remembered as not speaking sessions
 COALESCE_BYTES: Final = 256 << 10  # one write at most; yamux splits by window anyway
 
 
@@ -388,28 +387,6 @@ class SessionPool:
         return sum(not s.closed for s in self._sessions.values())
 
     @asynccontextmanager
-    async def open_any(self, peer_id: str, request: JobRequest, *,
-                       read_timeout: float = 60.0) -> AsyncIterator[JobCall]:
-        """`open_job`, or for a node without sessions a stream of its own
-        (`infernet.mesh.jobs.open_job`). Cancel-safe.
-
-        Raises:
-            TransportError: the node is unreachable, or the session breaks.
-        """
-        if self._nursery is not None and self.speaks(peer_id):  # else not started yet
-            entered = False
-            try:
-                async with self.open_job(peer_id, request, read_timeout=read_timeout) as call:
-                    entered = True
-                    yield call
-                return
-            except ProtocolNotOffered:
-                if entered:
-                    raise
-        async with open_job(self._mesh, peer_id, request, read_timeout=read_timeout) as call:
-            yield call
-
-    @asynccontextmanager
     async def open_job(self, peer_id: str, request: JobRequest, *,
                        read_timeout: float = 60.0) -> AsyncIterator[JobCall]:
         """Run ``request`` on the node's session (opening one if needed). Cancel-safe.
@@ -440,8 +417,6 @@ class SessionPool:
             try:
                 stream = await self._mesh.new_stream(peer_id, JOB_MUX_PROTOCOL)
             except ProtocolNotOffered:
-                if len(self._unsupported) >= MAX_REMEMBERED:
-                    self._unsupported.clear()  # bounded; a node forgotten is asked again
                 self._unsupported.add(peer_id)
                 raise
             session = JobSession(stream, peer_id)

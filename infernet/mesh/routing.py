@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Container
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Container
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
 
 from infernet.mesh.host import MeshHost
@@ -33,8 +33,6 @@ __all__ = ["ACCEPT_TIMEOUT", "candidates", "dispatch"]
 log = logging.getLogger("infernet.mesh.routing")
 
 ACCEPT_TIMEOUT: Final = 10.0
-# Runs one job on a node: (peer id, request) -> the call, as `infernet.mesh.jobs.open_job`.
-JobOpener = Callable[[str, JobRequest], AbstractAsyncContextManager[JobCall]]
 _FAIL_OVER_CODES: Final = frozenset({"no_capacity", "model_not_found", "backend_unavailable"})
 
 
@@ -115,11 +113,8 @@ async def dispatch(
     exclude: Container[str] = (),
     accept_timeout: float = ACCEPT_TIMEOUT,
     pinned: str = "",
-    opener: JobOpener | None = None,
 ) -> AsyncIterator[tuple[JobCall, PeerEntry]]:
     """Open ``request`` on the first candidate that accepts it; yield the call and the node.
-    ``opener`` runs a job on a node (`infernet.mesh.job_mux.SessionPool.open_any`); the
-    default opens a stream per job.
 
     Raises:
         InfernetError: as `candidates`, or ``no_capacity`` when every candidate refused
@@ -132,9 +127,7 @@ async def dispatch(
                             max_price=request.max_price_per_1k, pinned=pinned):
         stack = AsyncExitStack()
         try:
-            call = await stack.enter_async_context(
-                opener(entry.peer_id, request) if opener is not None
-                else open_job(mesh, entry.peer_id, request))
+            call = await stack.enter_async_context(open_job(mesh, entry.peer_id, request))
             await call.accepted(accept_timeout)
         except (JobFailed, TransportError) as exc:
             await stack.aclose()

@@ -29,7 +29,7 @@ from infernet.mesh.bootstrap import bootstrap_from_coordinator, keep_connected
 from infernet.mesh.directory import Directory
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionPool, SessionServer
+from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionServer
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
@@ -200,8 +200,7 @@ async def run_node(
         async with open_host(key.secret_bytes(), listen_host=config.listen_host,
                              port=config.port) as mesh:
             peers = PeerManager(mesh, key.public_key.hex())
-            sessions = SessionPool(mesh)  # the relay's job sessions to other nodes
-            relay = Relay(mesh, peers.table, key.public_key.hex(), sessions=sessions)
+            relay = Relay(mesh, peers.table, key.public_key.hex())
             # Every signed receipt is kept on disk and, with a coordinator, handed to it.
             receipts = ReceiptQueue(ReceiptStore(home))
             submitter = (ReceiptSubmitter(receipts, config.coordinator_url, key)
@@ -226,7 +225,6 @@ async def run_node(
             directory = Directory(peers.table, announcer.encode, lambda: executor.models)
             mesh.host.set_stream_handler(DIRECTORY_PROTOCOL, directory.handle)
             async with trio.open_nursery() as nursery:
-                await nursery.start(sessions.serve)
                 await nursery.start(peers.serve)
                 await nursery.start(receipts.serve)
                 if submitter is not None:

@@ -19,7 +19,6 @@ from typing import Final
 import trio
 
 from infernet.mesh.host import MeshHost
-from infernet.mesh.job_mux import SessionPool
 from infernet.mesh.jobs import SendFrame
 from infernet.mesh.peer_table import PeerTable
 from infernet.mesh.routing import dispatch
@@ -38,12 +37,9 @@ _LOST: Final = frozenset({"node_disconnected", "timeout", "backend_unavailable",
 class Relay:
     """Forwards jobs for models this node does not serve."""
 
-    def __init__(self, mesh: MeshHost, table: PeerTable, own_pubkey: str, *,
-                 sessions: SessionPool | None = None) -> None:
+    def __init__(self, mesh: MeshHost, table: PeerTable, own_pubkey: str) -> None:
         self.mesh = mesh
         self.table = table
-        # Jobs to a node share its job session; without a pool, a stream per job.
-        self._opener = sessions.open_any if sessions is not None else None
         self.own_pubkey = own_pubkey
         self.limiter = trio.CapacityLimiter(MAX_RELAYS)
         self.relayed = 0
@@ -65,8 +61,7 @@ class Relay:
         pinned = request.encrypted_to if request.encrypted else ""
         while True:
             async with dispatch(self.mesh, self.table, request, trio.current_time(),
-                                exclude=tried, pinned=pinned,
-                                opener=self._opener) as (call, entry):
+                                exclude=tried, pinned=pinned) as (call, entry):
                 tried.add(entry.pubkey)
                 log.info("job %s relayed to %s", job, entry.pubkey[:12])
                 if not accepted_sent and call.accepted_frame is not None:
@@ -80,8 +75,8 @@ class Relay:
                             streamed = True
                             await send(chunk)
                 except (TransportError, JobFailed) as exc:
-                    # A node that broke before its first token (its connection, or on a job
-                    # session its error frame) is replaced; a refusal of the job is final.
+                    # A node that broke before its first token (a reset, or its error frame
+                    # saying so) is replaced; a refusal of the job itself is final.
                     if isinstance(exc, JobFailed) and exc.code not in _LOST:
                         raise
                     self.table.record_outcome(entry.pubkey, False, trio.current_time())

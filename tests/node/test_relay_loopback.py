@@ -11,15 +11,14 @@ import trio
 
 from infernet.mesh.gossip import AnnouncementGossip
 from infernet.mesh.host import MeshHost, open_host
-from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionPool, SessionServer
-from infernet.mesh.jobs import JOB_PROTOCOL, JobRunner, SendFrame, open_job, serve_job_stream
+from infernet.mesh.jobs import JOB_PROTOCOL, SendFrame, open_job, serve_job_stream
 from infernet.mesh.peer_table import PeerTable
 from infernet.node.jobs import JobExecutor
 from infernet.node.relay import Relay
 from infernet.protocol.announce import Announcement, Capabilities, ModelOffer, build_announcement
 from infernet.protocol.errors import JobFailed, TransportError
 from infernet.protocol.event import encode_event
-from infernet.protocol.frames import Accepted, JobRequest, Message
+from infernet.protocol.frames import Accepted, JobErrorFrame, JobRequest, Message
 from infernet.protocol.keys import SecretKey
 from tests.node.test_jobs import FakeEngine
 
@@ -32,30 +31,13 @@ def _announce(key: SecretKey, models: list[str], slots: int = 1) -> bytes:
 
 
 def _serve(mesh: MeshHost, executor: JobExecutor) -> None:
-    _serve_runner(mesh, executor.run)
-
-
-def _serve_runner(mesh: MeshHost, runner: JobRunner) -> None:
-    """Serve both job protocols, as a node does."""
     async def handle(stream: Any) -> None:
-        await serve_job_stream(stream, runner)
+        await serve_job_stream(stream, executor.run)
 
     mesh.host.set_stream_handler(JOB_PROTOCOL, handle)
-    mesh.host.set_stream_handler(JOB_MUX_PROTOCOL, SessionServer(runner).handle)
 
 
-async def _relay(nursery: trio.Nursery, mesh: MeshHost, table: PeerTable, key: SecretKey,
-                 sessions: bool) -> tuple[Relay, SessionPool | None]:
-    """A relay on ``mesh``; with ``sessions``, its jobs go over job sessions."""
-    pool = SessionPool(mesh) if sessions else None
-    if pool is not None:
-        await nursery.start(pool.serve)
-    return Relay(mesh, table, key.public_key.hex(), sessions=pool), pool
-
-
-@pytest.mark.parametrize("sessions", [False, True], ids=["stream-per-job", "sessions"])
-async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it(
-        sessions: bool) -> None:
+async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it() -> None:
     key_a, key_b, key_c = (SecretKey.generate().even_y() for _ in range(3))
     async with open_host(key_a.secret_bytes(), listen_host="127.0.0.1", port=0) as a, \
             open_host(key_b.secret_bytes(), listen_host="127.0.0.1", port=0) as b, \
@@ -69,7 +51,7 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it(
         async def ignore(ann: Announcement, peer_id: str) -> None:
             return None
 
-        relay, pool = await _relay(nursery, a, table, key_a, sessions)
+        relay = Relay(a, table, key_a.public_key.hex())
         _serve(a, JobExecutor(FakeEngine(), set(), 1, key_a.public_key.hex(), relay=relay))
         _serve(b, JobExecutor(FakeEngine(), {"m"}, 1, key_b.public_key.hex()))
         await nursery.start(AnnouncementGossip(a, on_announcement).serve)
@@ -92,7 +74,6 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it(
         assert text == "relayed words here "
         assert call.final is not None and call.final.completion_tokens == 3
         assert relay.relayed == 1
-        assert (pool.open_sessions() if pool else 0) == int(sessions)
 
         # a model nobody announces is refused by A, naming what A serves
         unknown = JobRequest(job_id="r2", model="nope",
@@ -104,13 +85,17 @@ async def test_job_for_a_missing_model_is_relayed_to_the_peer_that_serves_it(
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("sessions", [False, True], ids=["stream-per-job", "sessions"])
-async def test_a_relay_replaces_a_node_lost_before_its_first_token(sessions: bool) -> None:
+@pytest.mark.parametrize("how", ["reset", "error-frame"])
+async def test_a_relay_replaces_a_node_lost_before_its_first_token(how: str) -> None:
     key_a, key_bad, key_good, key_c = (SecretKey.generate().even_y() for _ in range(4))
     opened: list[Any] = []
 
     async def accept_then_die(request: JobRequest, peer: str, send: SendFrame) -> None:
         await send(Accepted(job_id=request.job_id, node_pubkey=key_bad.public_key.hex()))
+        if how == "error-frame":  # its engine died: the node says so before any token
+            await send(JobErrorFrame(job_id=request.job_id, code="backend_unavailable",
+                                     message="engine died"))
+            return
         raise TransportError("engine host vanished")  # the stream is reset, no token sent
 
     async with open_host(key_a.secret_bytes(), listen_host="127.0.0.1", port=0) as a, \
@@ -126,14 +111,14 @@ async def test_a_relay_replaces_a_node_lost_before_its_first_token(sessions: boo
         async def ignore(ann: Announcement, peer_id: str) -> None:
             return None
 
-        relay, _ = await _relay(nursery, a, table, key_a, sessions)
+        relay = Relay(a, table, key_a.public_key.hex())
         _serve(a, JobExecutor(FakeEngine(), set(), 1, key_a.public_key.hex(), relay=relay))
 
-        async def bad_runner(request: JobRequest, peer: str, send: SendFrame) -> None:
-            opened.append(request)
-            await accept_then_die(request, peer, send)
+        async def bad_handler(stream: Any) -> None:
+            opened.append(stream)
+            await serve_job_stream(stream, accept_then_die)
 
-        _serve_runner(bad, bad_runner)
+        bad.host.set_stream_handler(JOB_PROTOCOL, bad_handler)
         _serve(good, JobExecutor(FakeEngine(), {"m"}, 1, key_good.public_key.hex()))
         await nursery.start(AnnouncementGossip(a, on_announcement).serve)
         # the bad node advertises more free slots, so it is tried first
