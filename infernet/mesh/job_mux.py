@@ -12,8 +12,8 @@ Invariants:
   per job. When any of them fails, or the peer closes, every job on it ends: the node
   cancels its jobs, the client's jobs raise `TransportError` (``node_disconnected``).
 - Bounded everywhere: frames waiting to be written (`OUTBOX_FRAMES`, writers wait),
-  frames waiting for a client job to read them (`INBOX_FRAMES`, a job further behind
-  fails and is cancelled, so it never stalls the others), jobs
+  frames waiting for a client job to read them (`INBOX_FRAMES`, then the session's reader
+  waits for that job: sessions are for clients that read every job promptly), jobs
   per session on a node (`MAX_SESSION_JOBS`, more are refused ``no_capacity``) and
   sessions per node (`MAX_SESSIONS`, more are reset at once).
 - A node ends every job it accepted on a session with ``final`` or ``error``: a job the
@@ -53,7 +53,7 @@ JOB_MUX_PROTOCOL: Final = "/infernet/job-mux/1.0.0"
 MAX_SESSION_JOBS: Final = 256
 MAX_SESSIONS: Final = 64
 OUTBOX_FRAMES: Final = 512
-INBOX_FRAMES: Final = 256  # a node batches up to 64 tokens a frame
+INBOX_FRAMES: Final = 256
 COALESCE_BYTES: Final = 256 << 10  # one write at most; yamux splits by window anyway
 
 
@@ -214,18 +214,22 @@ async def serve_job_session(stream: Any, runner: JobRunner, *,
 
 class _Inbox:
     """Frames that arrived for one client job, until it reads them. Cheaper than a memory
-    channel per job, and never blocks the session's reader: a job that falls more than
-    `INBOX_FRAMES` behind fails instead of stalling every other job on the session."""
+    channel per job. Bounded: while a job holds `INBOX_FRAMES` unread frames the session's
+    reader waits for it (`room`), which stalls the other jobs too, so sessions are for
+    clients that consume every job promptly (the coordinator buffers each job's text)."""
 
-    __slots__ = ("_frames", "_wakeup", "failure")
+    __slots__ = ("_frames", "_room", "_wakeup", "failure")
 
     def __init__(self) -> None:
         self._frames: deque[Frame] = deque()
         self._wakeup: trio.Event | None = None
+        self._room: trio.Event | None = None
         self.failure: TransportError | None = None
 
     def put(self, frame: Frame) -> bool:
-        """Hand ``frame`` to the job; False when it fell too far behind."""
+        """Hand ``frame`` to the job (or drop it: the job ended); False when it is full."""
+        if self.failure is not None:
+            return True
         if len(self._frames) >= INBOX_FRAMES:
             return False
         self._frames.append(frame)
@@ -233,12 +237,18 @@ class _Inbox:
             self._wakeup.set()
         return True
 
+    async def room(self) -> None:
+        """Wait until the job reads a frame or ends."""
+        self._room = trio.Event()
+        await self._room.wait()
+
     def fail(self, failure: TransportError) -> None:
         """End the job: once its frames are read, `get` raises ``failure``."""
         if self.failure is None:
             self.failure = failure
-        if self._wakeup is not None:
-            self._wakeup.set()
+        for event in (self._wakeup, self._room):
+            if event is not None:
+                event.set()
 
     async def get(self, timeout: float) -> Frame:
         """The next frame, waiting at most ``timeout``.
@@ -257,6 +267,9 @@ class _Inbox:
                 raise TransportError(f"no frame within {timeout:.0f}s", code="timeout") from None
             finally:
                 self._wakeup = None
+        if self._room is not None:
+            self._room.set()
+            self._room = None
         return self._frames.popleft()
 
 
@@ -295,8 +308,8 @@ class JobSession:
                         frame: Frame = await read_until(self._stream, ready,
                                                         self._mux.receive_data, math.inf)
                         inbox = self._inbox.get(frame.job_id)
-                        if inbox is not None and not inbox.put(frame):
-                            self._overflowed(frame.job_id, inbox)
+                        while inbox is not None and not inbox.put(frame):
+                            await inbox.room()
         except BaseExceptionGroup as group:
             exc = lone_exception(group)
             if not isinstance(exc, InfernetError):
@@ -314,13 +327,6 @@ class JobSession:
     def close(self) -> None:
         """Stop the session; its open jobs fail with ``node_disconnected``."""
         self._stop.cancel()
-
-    def _overflowed(self, job_id: str, inbox: _Inbox) -> None:
-        log.warning("job %s fell %d frames behind on its session; cancelled", job_id,
-                    INBOX_FRAMES)
-        inbox.fail(TransportError("the job fell too far behind its node", code="internal_error"))
-        if self._mux.state(job_id) is not None:
-            self._outbox.put_nowait(self._mux.send(Cancel(job_id=job_id)))
 
     @asynccontextmanager
     async def open_job(self, request: JobRequest, *,
@@ -342,6 +348,7 @@ class JobSession:
             yield JobCall(inbox.get, read_timeout)
         finally:
             del self._inbox[job_id]
+            inbox.fail(TransportError("the job ended"))  # frees a reader waiting for room
             if self._mux.state(job_id) is not None and not self.closed:
                 self._outbox.put_nowait(self._mux.send(Cancel(job_id=job_id)))
 

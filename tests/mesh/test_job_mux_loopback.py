@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from infernet.mesh.host import MeshHost, ProtocolNotOffered
 from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionPool, SessionServer
@@ -219,19 +220,33 @@ async def test_the_node_answers_error_frames_for_an_ended_runner_without_result(
         assert exc.value.code == "internal_error"
 
 
-async def test_a_job_inbox_is_bounded_and_delivers_what_it_holds_before_failing() -> None:
+async def test_a_full_job_inbox_holds_the_reader_until_the_job_reads_or_ends() -> None:
     from infernet.mesh.job_mux import INBOX_FRAMES, _Inbox
 
     inbox = _Inbox()
     frames = [Chunk(job_id="a", text=str(i)) for i in range(INBOX_FRAMES + 1)]
     assert all(inbox.put(f) for f in frames[:INBOX_FRAMES])
-    assert not inbox.put(frames[-1])  # full: the session fails this job, not every job
-    inbox.fail(TransportError("behind", code="internal_error"))
+    assert not inbox.put(frames[-1])  # full: the session's reader must wait
+    async with trio.open_nursery() as nursery:
+        held = trio.Event()
+
+        async def reader() -> None:
+            while not inbox.put(frames[-1]):
+                await inbox.room()
+            held.set()
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not held.is_set()
+        assert await inbox.get(1) == frames[0]  # the job reads: room for one more
+        with trio.fail_after(5):
+            await held.wait()
     got = [await inbox.get(1) for _ in range(INBOX_FRAMES)]
-    assert got == frames[:INBOX_FRAMES]
-    with pytest.raises(TransportError) as exc:
+    assert got == frames[1:]
+    inbox.fail(TransportError("gone"))
+    assert inbox.put(frames[0])  # after the job ended, frames are dropped, never waited on
+    with pytest.raises(TransportError):
         await inbox.get(1)
-    assert exc.value.code == "internal_error"
     with pytest.raises(TransportError) as exc:
         await _Inbox().get(0.01)
     assert exc.value.code == "timeout"
