@@ -290,11 +290,6 @@ class JobSession:
         self._failure: TransportError | None = None
         self._stop = trio.CancelScope()
 
-    @property
-    def jobs(self) -> int:
-        """Jobs open on this session now."""
-        return len(self._inbox)
-
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read and write the session until it breaks or `close` is called. Never raises."""
         ready = _reader(self._mux)
