@@ -11,12 +11,16 @@ Invariants (each from ../shared/notes/py-libp2p.md, "Defaults you must override"
 5. Gossipsub heartbeat ~1 s; spam protection off (we rate-limit our own announcements).
 7. The host is closed in a shielded ``finally`` (leaving ``run()`` does not close sockets).
 8. The auto-connector never re-dials on its own: dials are ours (see `bootstrap.py`).
+9. Yamux sends a WINDOW_UPDATE once half a stream's window was read (go-yamux's rule), not
+   after every read (py-libp2p's default, ``PY_YAMUX_RELEASE_ON_READ=1``): a job's frames are
+   one read, so the default cost an extra encrypted frame each way per job.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -65,6 +69,9 @@ DisconnectHandler = Callable[[str], Awaitable[None]]
 def _patch_libp2p_globals() -> None:
     # Module-level state in libp2p; idempotent. Done when a host opens, never at import time.
     _swarm._HAPPY_EYEBALLS_DELAY = 0
+    # Read by yamux at call time. Measured with bench.gateway_instant at saturation: ~12 %
+    # less CPU per job in both the coordinator and the node. An operator's setting wins.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     # `import libp2p` cuts its logger off (propagate=False, no handlers): send its records
     # to whatever the application configured; the CLI filters them by level.
     logging.getLogger("libp2p").propagate = True
