@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infernet.protocol.canonical import decode_record
 from infernet.protocol.errors import InfernetError
 from infernet.protocol.frames import FinalFrame, JobRequest
 from infernet.protocol.keys import SecretKey
 from infernet.protocol.pricing import job_value, rates_for_model, split_fee
 from infernet.protocol.receipt import (
-    MAX_RECEIPT_SIZE,
     Receipt,
     SignedReceipt,
     countersign_receipt,
@@ -150,12 +148,12 @@ def check_and_countersign(
             what the coordinator saw (`rejected_record` then builds the audit entry).
     """
     try:
-        # Fields first (cheap); countersign_receipt then verifies the node signature once.
-        receipt = decode_record(signed.body, Receipt, max_size=MAX_RECEIPT_SIZE)
+        verified = verify_receipt(signed)  # decoded and its node signature checked, once
+        receipt = verified.receipt
         problem = _check(receipt, facts)
         if problem is not None:
             raise ReceiptRejected(problem)
-        countersigned = countersign_receipt(signed, key)
+        countersigned = countersign_receipt(signed, key, verified=verified)
     except ReceiptRejected:
         raise
     except InfernetError as exc:

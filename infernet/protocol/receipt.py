@@ -246,15 +246,23 @@ def verify_job_receipt(
 
 
 def countersign_receipt(
-    signed: SignedReceipt, coordinator_key: SecretKey, aux: bytes | None = None
+    signed: SignedReceipt, coordinator_key: SecretKey, aux: bytes | None = None, *,
+    verified: VerifiedReceipt | None = None,
 ) -> CountersignedReceipt:
     """Verify the node's signature, then countersign (receipt id ‖ node sig).
+
+    ``verified``: what `verify_receipt` returned for this very ``signed`` (the caller checked
+    its fields first); the body is then not decoded and verified a second time.
 
     Raises:
         RemoteProtocolError: the body is not a canonical v1 receipt.
         SignatureError: the node signature does not verify (never countersign it).
+        ValueError: ``verified`` is another receipt's.
     """
-    verify_receipt(signed)
+    if verified is None:
+        verify_receipt(signed)
+    elif verified.receipt_id != receipt_id(signed.body) or verified.coordinator is not None:
+        raise ValueError("verified is not the node-signed receipt being countersigned")
     sig = coordinator_key.sign(_countersign_digest(signed.body, signed.node_sig), aux)
     return CountersignedReceipt(
         body=signed.body,

@@ -196,6 +196,14 @@ def test_node_cannot_forge_a_countersignature_and_coordinator_cannot_forge_a_nod
         countersign_receipt(forged, COORD)
 
 
+def test_countersigning_an_already_verified_receipt() -> None:
+    verified = verify_receipt(SIGNED)
+    assert countersign_receipt(SIGNED, COORD, aux=bytes(32), verified=verified) == COUNTERSIGNED
+    other = verify_receipt(sign_receipt(receipt(output_tokens=9999), NODE))
+    with pytest.raises(ValueError, match="not the node-signed receipt"):
+        countersign_receipt(SIGNED, COORD, verified=other)
+
+
 def test_swapping_the_countersigned_node_signature_breaks_both() -> None:
     swapped = msgspec.structs.replace(COUNTERSIGNED, node_sig="00" * 64)
     with pytest.raises(SignatureError):
