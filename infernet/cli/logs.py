@@ -43,6 +43,18 @@ class _QuietThirdParty(logging.Filter):
         return record.levelno >= self.level or not record.name.startswith(_THIRD_PARTY)
 
 
+class _LineFormatter(logging.Formatter):
+    """Formats a record once however many handlers (terminal, file, the file's size check)
+    ask for its line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: str | None = record.__dict__.get("_infernet_line")
+        if line is None:
+            line = super().format(record)
+            record.__dict__["_infernet_line"] = line
+        return line
+
+
 class LogFileHandler(logging.handlers.RotatingFileHandler):
     """Appends to ``path``; rotates at `MAX_BYTES` and reopens the file when it was moved.
 
@@ -59,6 +71,15 @@ class LogFileHandler(logging.handlers.RotatingFileHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self._reopen_if_moved()
         super().emit(record)
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        # The base class also stats the path twice per record (never roll a non-file over);
+        # `_reopen_if_moved` has just checked that the stream is the file at our path.
+        if self.maxBytes <= 0:
+            return False
+        if self.stream is None:
+            self.stream = self._open()
+        return self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes
 
     def doRollover(self) -> None:
         super().doRollover()
@@ -102,7 +123,11 @@ def setup_logging(
     Raises:
         OSError: ``log_file`` cannot be created or opened.
     """
-    formatter = logging.Formatter(FORMAT, DATEFMT)
+    formatter = _LineFormatter(FORMAT, DATEFMT)
+    # FORMAT uses neither the caller's file and line nor thread or process names: skip
+    # collecting them for every record (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handlers: list[logging.Handler] = []
     if terminal:
         stream = logging.StreamHandler(sys.stderr)
