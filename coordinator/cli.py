@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from coordinator.jobs import UNWITNESSED_PER_DAY
 from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM
 from coordinator.service import (
     DEFAULT_HTTP_PORT,
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"default job submissions per minute per token ({DEFAULT_RPM})")
     serve.add_argument("--rph", type=_positive_int, default=DEFAULT_RPH,
                        help=f"default job submissions per hour per token ({DEFAULT_RPH})")
+    serve.add_argument("--unwitnessed-per-day", type=_positive_int, default=UNWITNESSED_PER_DAY,
+                       metavar="N", help="receipts for jobs this coordinator did not route "
+                       "(never paid) that one node may store per 24 h; past that 429 "
+                       f"(default {UNWITNESSED_PER_DAY})")
     token = sub.add_parser("token", help="manage API tokens")
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = tsub.add_parser("create", help="mint a token (printed once)")
@@ -134,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    http_port=args.http_port, p2p_host=args.p2p_host,
                                    p2p_port=args.p2p_port, job_timeout=args.job_timeout,
                                    capacity_wait=args.capacity_wait, rpm=args.rpm,
-                                   rph=args.rph)
+                                   rph=args.rph, unwitnessed_per_day=args.unwitnessed_per_day)
 
         async def serve(scope: trio.CancelScope) -> None:
             await run_coordinator(config)

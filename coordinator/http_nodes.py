@@ -25,7 +25,7 @@ from quart_trio import QuartTrio
 
 from coordinator.http_common import ApiError, CoordinatorState, json_response, read_body
 from coordinator.job_api import normalize_node_id
-from coordinator.receipts import ReceiptNotReady, receipt_body
+from coordinator.receipts import ReceiptNotReady, UnwitnessedQuotaFull, receipt_body
 from infernet.protocol.auth import AUTH_HEADER, AuthBusyError, AuthError
 from infernet.protocol.canonical import decode_record
 from infernet.protocol.errors import InfernetError
@@ -99,6 +99,9 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             record, created = await state.jobs.accept_late_receipt(signed, stated)
         except ReceiptNotReady as exc:
             raise ApiError("bad_request", str(exc), status=409) from None
+        except UnwitnessedQuotaFull as exc:
+            raise ApiError("rate_limited", str(exc),
+                           headers={"Retry-After": str(exc.retry_after)}) from None
         except InfernetError as exc:
             raise ApiError("bad_request", str(exc)) from None
         if record.status == "unwitnessed":  # stored, not countersigned: nothing to pay

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from coordinator.receipts import (
     ReceiptNotReady,
     ReceiptRecord,
     ReceiptRejected,
+    UnwitnessedQuotaFull,
     check_and_countersign,
     rejected_record,
     unwitnessed_record,
@@ -68,6 +70,10 @@ _RETRY_BEFORE_ACCEPT: Final = frozenset({"no_capacity", "model_not_found", "back
 _FATAL: Final = frozenset({"bad_request", "unauthorized", "rate_limited", "cancelled"})
 MAX_NODE_LOSSES: Final = 5
 EXCLUDE_FOR: Final = 5.0
+DAY: Final = 86_400.0
+# Unwitnessed receipts (jobs served straight over the mesh) a node may store per 24 h: they
+# are never paid, so past this a node would only fill the database (429 until then).
+UNWITNESSED_PER_DAY: Final = 10_000
 
 
 class JobCallLike(Protocol):
@@ -96,6 +102,7 @@ class JobSettings:
     capacity_wait: float = 5.0
     max_live: int = 10_000
     keep_finished: int = 2_000
+    unwitnessed_per_day: int = UNWITNESSED_PER_DAY
 
 
 class _Stored(msgspec.Struct, kw_only=True):
@@ -564,6 +571,8 @@ class JobManager:
 
         Raises:
             ReceiptNotReady: the job is still running here (the node should retry).
+            UnwitnessedQuotaFull: an unwitnessed receipt past the node's daily quota
+                (``settings.unwitnessed_per_day``; the node should retry later).
             InfernetError: ``bad_request`` — the job ended otherwise or on another node, it
                 already has another receipt, or the receipt does not match (then it is
                 stored as rejected) or does not verify.
@@ -617,10 +626,21 @@ class JobManager:
                 raise InfernetError(f"receipt already stored as {existing.status}",
                                     code="bad_request")
             return existing, False
+        now = time.time()
         try:
-            record = unwitnessed_record(signed, time.time())
+            record = unwitnessed_record(signed, now)
         except ReceiptRejected as exc:
             raise InfernetError(f"receipt rejected: {exc}", code="bad_request") from None
+        count, oldest = await self.store.read(Store.unwitnessed_since, record.node_pubkey,
+                                              now - DAY)
+        limit = self.settings.unwitnessed_per_day
+        if count >= limit:
+            retry_after = max(1, math.ceil((oldest or now) + DAY - now))
+            log.warning("node %s: unwitnessed receipt %s refused: %d stored in 24 h (limit %d)",
+                        record.node_pubkey[:12], record.id[:12], count, limit)
+            raise UnwitnessedQuotaFull(
+                f"this node stored {count} unwitnessed receipts in the last 24 h (limit "
+                f"{limit}); send the rest later", retry_after=retry_after)
         await self.store.write(self.db.save_receipt, record)
         log.info("job %s: receipt %s from node %s stored unwitnessed (not routed here)",
                  record.job_id, record.id[:12], record.node_pubkey[:12])

@@ -39,7 +39,8 @@ from infernet.protocol.receipt import (
 )
 
 __all__ = ["JobFacts", "ReceiptNotReady", "ReceiptRecord", "ReceiptRejected",
-           "check_and_countersign", "receipt_body", "rejected_record", "unwitnessed_record"]
+           "UnwitnessedQuotaFull", "check_and_countersign", "receipt_body", "rejected_record",
+           "unwitnessed_record"]
 
 
 class ReceiptRejected(InfernetError):
@@ -51,6 +52,17 @@ class ReceiptNotReady(InfernetError):
     later (HTTP 409), the job's outcome is not stored yet."""
 
     code = "bad_request"
+
+
+class UnwitnessedQuotaFull(InfernetError):
+    """Raised when a node already stored its day's quota of unwitnessed receipts: send the
+    rest after ``retry_after`` seconds (HTTP 429)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from trio_typing import TaskStatus
 from coordinator.app import CoordinatorState, create_app
 from coordinator.auth import TokenCache
 from coordinator.http_common import node_key_lookup
-from coordinator.jobs import JobManager, JobSettings
+from coordinator.jobs import UNWITNESSED_PER_DAY, JobManager, JobSettings
 from coordinator.ledger import Ledger
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM, HOUR, Limits, RateLimiter
@@ -76,6 +76,7 @@ class CoordinatorConfig:
     capacity_wait: float = 5.0
     rpm: int = DEFAULT_RPM
     rph: int = DEFAULT_RPH
+    unwitnessed_per_day: int = UNWITNESSED_PER_DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,9 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     streams = StreamPool(mesh, metrics=metrics, sessions=sessions)
     jobs = JobManager(astore, router, streams.open_job,
                       JobSettings(timeout=config.job_timeout,
-                                  capacity_wait=config.capacity_wait), metrics, key=key)
+                                  capacity_wait=config.capacity_wait,
+                                  unwitnessed_per_day=config.unwitnessed_per_day),
+                      metrics, key=key)
     metrics.watch(lambda: len(table.online(trio.current_time())), router.queued,
                   router.inflight, streams.idle)
 

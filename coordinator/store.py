@@ -153,6 +153,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX node_commands_node_status ON node_commands (node_pubkey, status, created_at);
     """,
+    # 6: a node's receipts by status and time (the daily quota of unwitnessed receipts
+    # counts them); it also serves every lookup the two-column index served.
+    """
+    DROP INDEX receipts_node_status;
+    CREATE INDEX receipts_node_status_time ON receipts (node_pubkey, status, created_at);
+    """,
 )
 
 _JOB_COLUMNS: Final = (
@@ -468,6 +474,14 @@ class Store:
             " created_at FROM receipts WHERE id = ?", (rid,)
         ).fetchone()
         return ReceiptRecord(*row) if row else None
+
+    def unwitnessed_since(self, node_pubkey: str, since: float) -> tuple[int, float | None]:
+        """(how many, created_at of the oldest) of the node's unwitnessed receipts stored at
+        or after ``since``."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(created_at) FROM receipts WHERE node_pubkey = ?"
+            " AND status = 'unwitnessed' AND created_at >= ?", (node_pubkey, since)).fetchone()
+        return int(count), oldest
 
     def receipt_for_job(self, job_id: str) -> ReceiptRecord | None:
         """The countersigned receipt of a job, if any."""

@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from infernet.protocol.receipt import (
     verify_receipt,
 )
 from tests.coordinator.fakes import MODEL, FakeNode, Script
-from tests.coordinator.harness import Harness, open_harness
+from tests.coordinator.harness import FAST, Harness, open_harness
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -189,6 +190,34 @@ async def test_a_receipt_for_a_job_not_routed_here_is_stored_unwitnessed(h: Harn
     assert again.status_code == 202 and (await again.get_json())["id"] == cpr["id"]
     body = await (await node_get(h, node, f"/api/v1/nodes/{node.pubkey}/balance")).get_json()
     assert body["balances"] == {}  # a coordinator does not pay for work it cannot vouch for
+
+
+async def test_a_node_stores_a_bounded_number_of_unwitnessed_receipts_a_day(
+        tmp_path: Path) -> None:
+    async with open_harness(tmp_path, replace(FAST, unwitnessed_per_day=2)) as h:
+        node, other = h.nodes.add(), h.nodes.add()
+        for n in range(2):
+            r = await node_post(h, node, "/api/v1/receipts",
+                                {"receipt": late_receipt(node, f"job_mesh_{n}")})
+            assert r.status_code == 202, await r.get_data()
+        r = await node_post(h, node, "/api/v1/receipts",
+                            {"receipt": late_receipt(node, "job_mesh_2")})
+        assert r.status_code == 429, await r.get_data()
+        body = await r.get_json()
+        assert body["error"] == "rate_limited" and "unwitnessed" in body["error_message"]
+        assert 0 < int(r.headers["Retry-After"]) <= 86_400
+        cpr = await h.get(f"/api/v1/cprs/{_rid(late_receipt(node, 'job_mesh_2'))}")
+        assert cpr.status_code == 404  # refused, not stored: the node sends it again later
+        repeat = await node_post(h, node, "/api/v1/receipts",
+                                 {"receipt": late_receipt(node, "job_mesh_0")})
+        assert repeat.status_code == 202  # one already stored is answered as before
+        r = await node_post(h, other, "/api/v1/receipts",
+                            {"receipt": late_receipt(other, "job_mesh_0")})
+        assert r.status_code == 202  # the quota is each node's own
+
+
+def _rid(envelope: str) -> str:
+    return verify_receipt(decode_signed_receipt(base64.b64decode(envelope))).receipt_id
 
 
 async def test_an_unwitnessed_receipt_must_state_the_tables_value(h: Harness) -> None:
