@@ -32,6 +32,12 @@ _THIRD_PARTY = ("libp2p", "multiaddr", "hypercorn", "httpx", "httpcore", "quart"
 _PER_REQUEST = ("httpx",)
 
 
+# Third-party records logged at ERROR just before the library raises the same failure to
+# our code, which reports it at the level it deserves (a stored peer that is gone is routine):
+# (logger name, message prefix). Shown only with --verbose.
+_LOGGED_AND_RAISED: Final = (("libp2p.transport.tcp.tcp", "Failed to open TCP stream"),)
+
+
 class _QuietThirdParty(logging.Filter):
     """Drop third-party records below ``level``: libp2p sets its own levels on import."""
 
@@ -40,7 +46,12 @@ class _QuietThirdParty(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level or not record.name.startswith(_THIRD_PARTY)
+        if not record.name.startswith(_THIRD_PARTY):
+            return True
+        if any(record.name == name and isinstance(record.msg, str)
+               and record.msg.startswith(prefix) for name, prefix in _LOGGED_AND_RAISED):
+            return False
+        return record.levelno >= self.level
 
 
 class _LineFormatter(logging.Formatter):

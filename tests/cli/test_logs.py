@@ -125,3 +125,15 @@ def test_follow_survives_rotation_and_ctrl_c(cli: Cli) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_failed_dial_libp2p_logs_and_raises_is_not_an_error_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging(terminal_level=logging.WARNING)
+    tcp = logging.getLogger("libp2p.transport.tcp.tcp")
+    tcp.error("Failed to open TCP stream: %s", "[Errno 111] Connection refused")
+    tcp.error("Unexpected error opening TCP stream: %s", "boom")
+    err = capsys.readouterr().err
+    assert "Failed to open TCP stream" not in err
+    assert "Unexpected error opening TCP stream: boom" in err
