@@ -64,22 +64,27 @@ class _Entry(msgspec.Struct):
 
 
 async def run_model_action(home: Path, command: OwnerCommand) -> str:
-    """Run ``model_install`` / ``model_remove`` as ``infernet model install|remove`` does.
+    """Run ``model_install`` / ``model_remove`` as ``infernet model install|remove`` does;
+    return a one-line summary for the owner (what the engine did, the new served_models).
 
     Raises:
         InfernetError: the engine or the config refused (BackendError, ConfigError).
     """
-    from infernet.cli.model import install_model, remove_model
+    # The very steps of the CLI command; imported here, not at module level, because that
+    # module also builds the command line (argparse, rich tables) the daemon never needs.
+    from infernet.cli.model import install_one, remove_one
 
-    out = io.StringIO()
-    console = Console(file=out, width=200, force_terminal=False, color_system=None)
+    quiet = Console(file=io.StringIO(), force_terminal=False, color_system=None)  # progress
     if command.action == "model_install":
-        await install_model(home, command.model, console=console)
+        installed = await install_one(home, command.model, console=quiet)
+        what = f"installed {installed.model} on {installed.engine}"
+        served = installed.served_models
     else:
-        await remove_model(home, command.model, console=console)
-    lines = [line.strip() for line in out.getvalue().splitlines() if line.strip()]
-    return "; ".join(line for line in lines if "served_models" in line or "nstalled" in line
-                     or "Deleted" in line) or f"{command.action} {command.model}: done"
+        removed = await remove_one(home, command.model, console=quiet)
+        what = f"removed {removed.model}" + (
+            f" (weights deleted from {removed.engine})" if removed.deleted else "")
+        served = removed.served_models
+    return f"{what}; served_models: {', '.join(served) or '(none)'}"
 
 
 class OwnerCommands:

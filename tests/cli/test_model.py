@@ -13,6 +13,8 @@ from rich.console import Console
 
 from infernet.cli.model import add_model_commands, install_model, list_models, remove_model
 from infernet.node.config import NodeConfig, load_config, save_config
+from infernet.node.owner import run_model_action
+from infernet.protocol.delegation import OwnerCommand
 from infernet.protocol.errors import BackendError
 from tests.backends.fake_http import FakeServer, openai_engine
 from tests.backends.fake_ollama import FakeOllama
@@ -201,3 +203,18 @@ async def test_install_and_remove_json(home: Path) -> None:
     assert json.loads(output(out)) == {"model": "tinyllama:latest", "engine": "ollama",
                                        "deleted": True,
                                        "served_models": ["qwen2.5:7b", "llama3.2:3b"]}
+
+
+async def test_an_owner_command_runs_the_same_steps_and_says_what_it_did(
+        embedded_home: Path) -> None:
+    def command(action: str) -> OwnerCommand:
+        return OwnerCommand(action=action, user_pubkey="ab" * 32,  # type: ignore[arg-type]
+                            node_pubkey="cd" * 32, model="gemma3-270m",
+                            issued_at=1_800_000_000, nonce="00" * 16)
+
+    summary = await run_model_action(embedded_home, command("model_install"))
+    assert summary == "installed gemma3-270m on embedded; served_models: gemma3-270m"
+    assert load_config(embedded_home, {}).served_models == ("gemma3-270m",)
+    with pytest.raises(BackendError, match="only model this node serves"):
+        await run_model_action(embedded_home, command("model_remove"))  # refused as the CLI
+    assert load_config(embedded_home, {}).served_models == ("gemma3-270m",)
