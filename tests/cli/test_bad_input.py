@@ -24,7 +24,9 @@ def assert_refused(cli: Cli, args: list[str], *needles: str) -> None:
 
 @pytest.mark.parametrize(("args", "needles"), [
     (["frobnicate"], ["invalid choice: 'frobnicate'", "infernet --help"]),
-    (["status", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["status", "--bogus"], ["unrecognized arguments: --bogus", "infernet status --help"]),
+    (["model", "install", "--bogus", "x"], ["unrecognized arguments: --bogus",
+                                           "infernet model install --help"]),
     (["config", "set", "port"], ["required: value", "infernet config set --help"]),
     (["start", "--port", "http"], ["invalid int value", "infernet start --help"]),
     (["start", "--bootstrap", "/ip4/1.2.3.4/tcp/5"], ["bad peer multiaddr", "/p2p/"]),
