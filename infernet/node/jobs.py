@@ -135,9 +135,7 @@ class JobExecutor:
             await send(JobErrorFrame(job_id=job, code="no_capacity", message="all slots are busy"))
             return
         try:
-            # The per-job line is the "done" one below (or the failure's); this one is for
-            # following a job through a verbose log.
-            log.debug("job %s from %s accepted (model %s%s)", job, peer, request.model,
+            log.info("job %s from %s accepted (model %s%s)", job, peer, request.model,
                      ", end-to-end sealed" if sealer else "")
             await send(Accepted(job_id=job, node_pubkey=self.node_pubkey, model=request.model))
             await self._generate(request, send, sealer)
