@@ -121,6 +121,7 @@ class VerifiedReceipt:
     receipt_id: ReceiptId
     node: PublicKey
     coordinator: PublicKey | None
+    node_sig: str  # the node signature that checked
 
 
 class ChatMessage(Protocol):
@@ -199,7 +200,7 @@ def _verify_node(body: bytes, node_sig: str) -> VerifiedReceipt:
     receipt = decode_record(body, Receipt, max_size=MAX_RECEIPT_SIZE)
     node = verify_digest(record_digest(body), receipt.node_pubkey, node_sig, "receipt node")
     return VerifiedReceipt(receipt=receipt, receipt_id=receipt_id(body), node=node,
-                           coordinator=None)
+                           coordinator=None, node_sig=node_sig)
 
 
 def verify_receipt(signed: SignedReceipt) -> VerifiedReceipt:
@@ -261,7 +262,8 @@ def countersign_receipt(
     """
     if verified is None:
         verify_receipt(signed)
-    elif verified.receipt_id != receipt_id(signed.body) or verified.coordinator is not None:
+    elif (verified.node_sig != signed.node_sig or verified.coordinator is not None
+          or verified.receipt_id != receipt_id(signed.body)):
         raise ValueError("verified is not the node-signed receipt being countersigned")
     sig = coordinator_key.sign(_countersign_digest(signed.body, signed.node_sig), aux)
     return CountersignedReceipt(
@@ -292,7 +294,8 @@ def verify_countersigned_receipt(
     if coordinator not in coordinator_keys:
         raise SignatureError("receipt countersigned by an untrusted key")
     return VerifiedReceipt(receipt=verified.receipt, receipt_id=verified.receipt_id,
-                           node=verified.node, coordinator=coordinator)
+                           node=verified.node, coordinator=coordinator,
+                           node_sig=verified.node_sig)
 
 
 def encode_receipt(receipt: SignedReceipt | CountersignedReceipt) -> bytes:
