@@ -100,3 +100,13 @@ async def open_harness(
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def sse_data(raw: bytes) -> list[Any]:
+    """The ``data:`` payloads of an SSE body (JSON decoded, ``[DONE]`` kept as a string)."""
+    out: list[Any] = []
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

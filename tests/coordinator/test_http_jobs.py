@@ -8,35 +8,18 @@ timeouts, capacity waits, and the error bodies of this API.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from coordinator.jobs import JobSettings
 from infernet.protocol.keys import encode_npub
 from tests.coordinator.fakes import MODEL, Script
 from tests.coordinator.harness import Harness, open_harness
+from tests.coordinator.harness import sse_data as events
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
-
-
-def events(raw: bytes) -> list[Any]:
-    """The ``data:`` payloads of an SSE body (JSON decoded, ``[DONE]`` kept as a string)."""
-    out: list[Any] = []
-    for block in raw.decode().split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def text_of(got: list[Any]) -> str:

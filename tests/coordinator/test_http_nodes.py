@@ -6,13 +6,11 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from coordinator.receipts import ReceiptRecord
@@ -31,12 +29,6 @@ from tests.coordinator.fakes import MODEL, FakeNode, Script
 from tests.coordinator.harness import FAST, Harness, open_harness
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
 
 
 def signed_headers(node: FakeNode, method: str, target: str, body: bytes = b"", *,

@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-import pytest
 import trio
 
 from tests.coordinator.fakes import MODEL, Script
-from tests.coordinator.harness import Harness, open_harness
+from tests.coordinator.harness import Harness
+from tests.coordinator.harness import sse_data as chunks
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Capital of France?"}]}
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
-
-
-def chunks(raw: bytes) -> list[Any]:
-    out: list[Any] = []
-    for block in raw.decode().split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 async def test_non_stream_completion_with_provenance(h: Harness) -> None:

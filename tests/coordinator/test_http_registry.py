@@ -6,8 +6,6 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,15 +22,9 @@ from infernet.protocol.delegation import (
 )
 from infernet.protocol.keys import SecretKey, encode_npub
 from tests.coordinator.fakes import FakeNode
-from tests.coordinator.harness import Harness, open_harness
+from tests.coordinator.harness import Harness
 
 SCOPE = ("serve", "receipts", "model_keys", "commands")
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
 
 
 def b64(signed: Signed[Any]) -> str:

@@ -4,21 +4,12 @@ document is valid OpenAPI 3.1; /metrics and /health answer without a token."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from openapi_spec_validator import validate
 
 from coordinator.openapi import openapi_document
 from tests.coordinator.fakes import MODEL
-from tests.coordinator.harness import Harness, open_harness
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
+from tests.coordinator.harness import Harness
 
 
 def _app_routes(h: Harness) -> set[tuple[str, str]]:

@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from infernet.protocol.keys import PublicKey
 from infernet.protocol.receipt import decode_countersigned_receipt, verify_countersigned_receipt
 from tests.coordinator.fakes import MODEL, Script
-from tests.coordinator.harness import COORDINATOR_KEY, Harness, open_harness
+from tests.coordinator.harness import COORDINATOR_KEY, Harness
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(tmp_path) as harness:
-        yield harness
 
 
 async def run_job(h: Harness) -> dict[str, object]:
