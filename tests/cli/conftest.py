@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 BIN = Path(sys.executable).parent
 
@@ -45,3 +48,20 @@ def cli(tmp_path: Path) -> Cli:
     env.update(INFERNET_HOME=str(home), INFERNET_SERVICE_DIR=str(tmp_path / "units"),
                INFERNET_CONTROL_PORT="0", PYTHONUNBUFFERED="1")
     return Cli(home, env)
+
+
+def console(width: int = 120) -> Console:
+    """A plain-text console writing to memory (read it back with `output`)."""
+    return Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+
+
+def output(c: Console) -> str:
+    assert isinstance(c.file, io.StringIO)
+    return c.file.getvalue()
+
+
+def closed_url() -> str:
+    """An http:// URL on a loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import socket
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from infernet.cli.model import add_model_commands, install_model, list_models, remove_model
 from infernet.node.config import NodeConfig, load_config, save_config
@@ -18,21 +15,7 @@ from infernet.protocol.delegation import OwnerCommand
 from infernet.protocol.errors import BackendError
 from tests.backends.fake_http import FakeServer, openai_engine
 from tests.backends.fake_ollama import FakeOllama
-
-
-def console() -> Console:
-    return Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
-
-
-def output(c: Console) -> str:
-    assert isinstance(c.file, io.StringIO)
-    return c.file.getvalue()
-
-
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+from tests.cli.conftest import closed_url, console, output
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ and as a user runs it (subprocess, no engine running: the embedded engine)."""
 
 from __future__ import annotations
 
-import io
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,24 +15,14 @@ from infernet.node import hardware
 from infernet.node.config import NodeConfig, init_home, load_config, save_config
 from tests.backends.fake_http import FakeServer, openai_engine
 from tests.backends.fake_ollama import FakeModel, FakeOllama
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, closed_url, output
+from tests.cli.conftest import console as _console
 
 GIB = 1024**3
 
 
 def console() -> Console:
-    return Console(file=io.StringIO(), width=200, force_terminal=False, color_system=None)
-
-
-def text(c: Console) -> str:
-    assert isinstance(c.file, io.StringIO)
-    return c.file.getvalue()
-
-
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return _console(width=200)
 
 
 @pytest.fixture(autouse=True)
@@ -57,24 +45,24 @@ async def test_recommend_marks_what_ollama_has(ollama_home: tuple[Path, FakeOlla
     home, _ = ollama_home
     c = console()
     assert await recommend_models(home, console=c, env={}) == 0
-    rows = [line.split() for line in text(c).splitlines()]
+    rows = [line.split() for line in output(c).splitlines()]
     assert rows[0][:4] == ["Tier", "cpu,", "17.2", "GB"]
     assert ["qwen2.5:1.5b", "(default)", "~750", "MB", "1b-3b", "cpu", "available"] in rows
     assert ["llama3.2:3b", "~1.6", "GB", "1b-3b", "cpu", "installed"] in rows
-    assert "`infernet model recommend --install-all`" in text(c)
+    assert "`infernet model recommend --install-all`" in output(c)
 
 
 async def test_install_all_pulls_the_missing_ones(ollama_home: tuple[Path, FakeOllama]) -> None:
     home, fake = ollama_home
     c, out = console(), console()
     assert await recommend_models(home, install_all=True, console=c, out=out, env={}) == 0
-    doc = json.loads(text(out))
+    doc = json.loads(output(out))
     assert doc["installed_now"] == ["qwen2.5:1.5b"]
     assert doc["skipped"] == [] and doc["failed"] == []
     assert all(m["installed"] for m in doc["models"])
     assert "qwen2.5:1.5b" in fake.models
     assert "qwen2.5:1.5b" in load_config(home, {}).served_models
-    assert "Installed qwen2.5:1.5b on ollama" in text(c)
+    assert "Installed qwen2.5:1.5b on ollama" in output(c)
 
 
 async def test_a_failed_install_is_reported_and_exits_1(
@@ -84,9 +72,9 @@ async def test_a_failed_install_is_reported_and_exits_1(
     del fake.registry["qwen2.5:1.5b"]
     c, out = console(), console()
     assert await recommend_models(home, install_all=True, console=c, out=out, env={}) == 1
-    (failed,) = json.loads(text(out))["failed"]
+    (failed,) = json.loads(output(out))["failed"]
     assert (failed["model"], failed["code"]) == ("qwen2.5:1.5b", "model_not_found")
-    assert "failed qwen2.5:1.5b:" in text(c)
+    assert "failed qwen2.5:1.5b:" in output(c)
 
 
 async def test_an_engine_that_cannot_pull_is_skipped_with_a_hint(
@@ -96,7 +84,7 @@ async def test_an_engine_that_cannot_pull_is_skipped_with_a_hint(
     save_config(tmp_path, NodeConfig(backend="vllm", vllm_host=url))
     c, out = console(), console()
     assert await recommend_models(tmp_path, install_all=True, console=c, out=out, env={}) == 0
-    doc = json.loads(text(out))
+    doc = json.loads(output(out))
     assert doc["naming"] == "huggingface"
     models = {m["model"]: m for m in doc["models"]}
     assert models["Qwen/Qwen2.5-1.5B-Instruct"]["status"] == "installed"
@@ -104,7 +92,7 @@ async def test_an_engine_that_cannot_pull_is_skipped_with_a_hint(
     (skipped,) = doc["skipped"]
     assert skipped["model"] == "meta-llama/Llama-3.2-3B-Instruct"
     assert "vllm serve" in skipped["reason"]
-    assert "skip meta-llama/Llama-3.2-3B-Instruct: vllm cannot download models" in text(c)
+    assert "skip meta-llama/Llama-3.2-3B-Instruct: vllm cannot download models" in output(c)
 
 
 def test_recommend_json_without_an_engine(cli: Cli) -> None:

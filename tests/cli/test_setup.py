@@ -18,17 +18,11 @@ from infernet.node import hardware
 from infernet.node.config import NodeConfig, config_path, load_config, save_config
 from infernet.protocol.errors import BackendError
 from tests.backends.fake_ollama import FakeModel, FakeOllama
-from tests.cli.conftest import Cli, snapshot
+from tests.cli.conftest import Cli, closed_url, snapshot
 from tests.cli.test_bad_input import assert_refused
 
 GIB = 1024**3
 ENGINES = ("ollama", "vllm", "sglang", "max", "llamacpp")
-
-
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def free_port() -> int:
