@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from coordinator.jobs import JobView
-from coordinator.openai_api import ContentPart, Role, provenance
+from coordinator.openai_api import ContentPart, Role, decode_body, provenance
 from infernet.protocol.errors import ErrorCode, info
 from infernet.protocol.frames import JobRequest, Message
 from infernet.protocol.keys import KeyFormatError, PublicKey, decode_npub
@@ -89,18 +89,7 @@ def parse_job_create(body: bytes) -> JobCreate:
         BadJobRequest: malformed JSON or UTF-8, an unknown, missing or mistyped field, an
             out-of-range value, or a ``node_id`` that is no node key.
     """
-    if not body.strip():
-        raise BadJobRequest("request body is empty; send a JSON object with model and messages")
-    try:
-        req = msgspec.json.decode(body, type=JobCreate)
-    except msgspec.ValidationError as exc:
-        raise BadJobRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadJobRequest(f"malformed JSON: {exc}") from None
-    except UnicodeError:
-        raise BadJobRequest("request body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadJobRequest("request body nests too deeply") from None
+    req = decode_body(body, JobCreate, BadJobRequest)
     if req.node_id is not None and normalize_node_id(req.node_id) is None:
         raise BadJobRequest("invalid request: `node_id` is not a node public key (hex or npub)")
     return req

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -30,6 +30,7 @@ __all__ = [
     "ResponseMeta",
     "Role",
     "completion_body",
+    "decode_body",
     "error_body",
     "npub_of",
     "parse_chat_request",
@@ -114,6 +115,9 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
     web_search_options: Any = None
 
 
+T = TypeVar("T")
+
+
 class BadRequest(ValueError):
     """Raised when a request body cannot be parsed; the message is safe to show."""
 
@@ -124,18 +128,28 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     Raises:
         BadRequest: malformed JSON, a missing or mistyped field, or an out-of-range value.
     """
+    return decode_body(body, ChatCompletionRequest)
+
+
+def decode_body(body: bytes, kind: type[T], error: type[ValueError] = BadRequest) -> T:
+    """Decode a JSON request body (with model and messages) as ``kind``.
+
+    Raises:
+        ValueError: ``error``, with a message safe to show: an empty body, malformed JSON or
+            UTF-8, nesting too deep, a missing or mistyped field, an out-of-range value.
+    """
     if not body.strip():
-        raise BadRequest("request body is empty; send a JSON object with model and messages")
+        raise error("request body is empty; send a JSON object with model and messages")
     try:
-        return msgspec.json.decode(body, type=ChatCompletionRequest)
+        return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
+        raise error(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        raise error(f"malformed JSON: {exc}") from None
     except UnicodeError:
-        raise BadRequest("request body is not valid UTF-8") from None
+        raise error("request body is not valid UTF-8") from None
     except RecursionError:
-        raise BadRequest("request body nests too deeply") from None
+        raise error("request body nests too deeply") from None
 
 
 def to_job_request(req: ChatCompletionRequest, job_id: str) -> JobRequest:
