@@ -12,7 +12,6 @@ delegation); the signed target is exactly the path sent.
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Final, cast, get_args
@@ -22,7 +21,7 @@ import msgspec
 
 from infernet.node.config import NodeConfig
 from infernet.node.identity import load_authority, load_delegation, load_rotations, rotations_wire
-from infernet.protocol.auth import AUTH_HEADER, sign_request
+from infernet.node.receipt_submit import signed_request
 from infernet.protocol.delegation import encode_signed
 from infernet.protocol.errors import ErrorCode, InfernetError, SignatureError
 from infernet.protocol.keys import SecretKey
@@ -61,11 +60,9 @@ async def signed_call(client: httpx.AsyncClient, key: SecretKey, method: str, pa
             answer (its code and message).
     """
     raw = msgspec.json.encode(body) if body is not None else b""
-    auth = sign_request(key, method=method, target=path, body=raw,
-                        nonce=secrets.token_bytes(16), timestamp=int(time.time()))
-    headers = {AUTH_HEADER: auth, "Content-Type": "application/json"}
     try:
-        r = await client.request(method, path, content=raw, headers=headers, timeout=timeout)
+        r = await signed_request(client, key, method, str(client.base_url), path, raw,
+                                 timeout=timeout)
     except httpx.HTTPError as exc:
         raise RegistrationError(f"coordinator {client.base_url} is unreachable ({exc!r}); "
                                 "check coordinator_url and that it is running",
