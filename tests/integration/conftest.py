@@ -182,3 +182,12 @@ def start_coordinator(launcher: Launcher) -> Network:
     info = wait_until(health, 30, "coordinator /health")
     bootstrap = f"/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{info['peer_id']}"
     return Network(launcher, api, token, bootstrap, proc)
+
+
+@pytest.fixture
+def network(launcher: Launcher) -> Iterator[Network]:
+    """A coordinator and one node on the embedded engine, its model announced."""
+    net = start_coordinator(launcher)
+    net.add_node()
+    net.wait_for_model()
+    yield net

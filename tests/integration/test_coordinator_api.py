@@ -59,14 +59,6 @@ def _ended(net: Network, job_id: str) -> dict[str, Any] | None:
     return job if job["status"] in ("completed", "failed") else None
 
 
-@pytest.fixture
-def network(launcher: Launcher) -> Iterator[Network]:
-    net = start_coordinator(launcher)
-    net.add_node()
-    net.wait_for_model()
-    yield net
-
-
 def test_job_api_end_to_end(network: Network) -> None:
     net, auth = network, _auth(network)
 

@@ -20,14 +20,6 @@ from tests.integration.conftest import BIN, MODEL, Launcher, Network, start_coor
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def network(launcher: Launcher) -> Iterator[Network]:
-    net = start_coordinator(launcher)
-    net.add_node()
-    net.wait_for_model()
-    yield net
-
-
 _clients: list[openai.OpenAI] = []
 
 
