@@ -19,8 +19,9 @@ Tiers: ``>=48gb``, ``>=24gb``, ``>=12gb``, ``>=8gb``, else ``cpu``, on the total
 GPUs (vLLM/Ollama split a model across them), where a card counts at 95 % of its nominal
 size because cards report a little less (a "24 GB" card shows 24,564 MiB). Apple Silicon
 has unified memory: 75 % of RAM counts as VRAM (Metal's default working-set limit is about
-that). The same table lives in `infernet.protocol.pricing` (written concurrently): unify on
-that one once both have landed.
+that). The tier table itself is `infernet.protocol.pricing`'s; this module only measures.
+Recorded on a real NVIDIA H200 (``tests/node/fixtures/h200``): pynvml and ``nvidia-smi``
+agree on 143,771 MiB total (140 GiB, shown "140 GB"), tier ``>=48gb``.
 """
 
 from __future__ import annotations

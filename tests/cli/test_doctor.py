@@ -195,6 +195,18 @@ def test_a_gpu_whose_driver_is_broken_fails(cli: Cli, tmp_path: Path) -> None:
     assert human.returncode == 1 and "[FAIL] GPU driver: NVIDIA GPU driver unusable" in human.stdout
 
 
+def test_a_real_h200_as_doctor_reports_it(cli: Cli, tmp_path: Path) -> None:
+    recorded = Path(__file__).parents[1] / "node" / "fixtures" / "h200"  # see its README
+    fake_nvidia_smi(cli, tmp_path, f'case "$1" in --query-gpu=*) cat "{recorded}/nvidia-smi-query'
+                    f'.csv";;\n*) cat "{recorded}/nvidia-smi.txt";; esac\n')  # fmt: skip
+    code, checks = gpu_checks(cli)
+    assert checks["GPU driver"] == {"name": "GPU driver", "status": "ok",
+                                    "detail": "NVIDIA 580.159.04, CUDA 13.0", "fix": ""}
+    if not REAL_GPU:  # pynvml answers first on a machine with a real GPU
+        assert checks["GPU"]["detail"] == "NVIDIA H200 (140 GB) via nvidia-smi, tier >=48gb"
+    assert code == 0, checks
+
+
 async def test_models_in_sync_with_the_engine_when_no_node_runs(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:

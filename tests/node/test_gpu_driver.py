@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from infernet.node.gpu_driver import (
     cuda_at_least,
@@ -20,6 +21,8 @@ Tue Nov 18 10:12:01 2026
 """
 NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
              "Make sure that the latest NVIDIA driver is installed and running.\n")
+# plain `nvidia-smi`, recorded verbatim on one NVIDIA H200 (see the folder's README)
+H200_SMI = Path(__file__).parent / "fixtures" / "h200" / "nvidia-smi.txt"
 ROCM_SMI = """\
 ============================ ROCm System Management Interface ============================
 Driver version: 6.7.0
@@ -86,3 +89,12 @@ def test_amd_with_rocm() -> None:
     report = probe({"rocm-smi": ROCM_SMI}, files=("/dev/kfd",))
     assert (report.vendor, report.usable, report.driver_version, report.runtime_version) == (
         "amd", True, "6.7.0", "6.2.1")  # fmt: skip
+
+
+def test_a_real_h200_driver() -> None:
+    output = H200_SMI.read_text()
+    assert parse_nvidia_smi_versions(output) == ("580.159.04", "13.0")
+    assert cuda_at_least("13.0")  # a new major version clears the 12.1 floor
+    report = probe({"nvidia-smi": output}, files=("/dev/nvidia0", "/proc/driver/nvidia/version"))
+    assert (report.vendor, report.usable, report.driver_version, report.runtime_version) == (
+        "nvidia", True, "580.159.04", "13.0")  # fmt: skip

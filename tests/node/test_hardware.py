@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import subprocess
@@ -25,6 +26,7 @@ from infernet.node.hardware import (
 
 MIB = 1024**2
 GIB = 1024**3
+H200 = Path(__file__).parent / "fixtures" / "h200"  # recorded on a real H200, see its README
 
 # Recorded outputs (trimmed to what detection reads).
 NVIDIA_SMI = "NVIDIA GeForce RTX 4090, 24564, 23918\nNVIDIA GeForce RTX 4090, 24564, [N/A]\n"
@@ -131,6 +133,18 @@ def runner(outputs: dict[str, str | BaseException]):
 NO_DRIVER = FakeNvml([], fail="Driver Not Loaded")
 
 
+def h200(name: str) -> str:
+    """A tool's output recorded verbatim on one NVIDIA H200."""
+    return (H200 / name).read_text()
+
+
+def h200_nvml() -> FakeNvml:
+    """A pynvml stand-in answering what pynvml answered on that H200."""
+    gpus = json.loads(h200("nvml.json"))["gpus"]
+    return FakeNvml([(ast.literal_eval(g["name_repr"]), g["mem_v1"]["total"], g["mem_v1"]["free"])
+                     for g in gpus])  # fmt: skip
+
+
 def test_pynvml_first(tmp_path: Path) -> None:
     nvml = FakeNvml([(b"NVIDIA A100-SXM4-80GB", 85_899_345_920, 80_000_000_000),
                      ("NVIDIA H100 80GB HBM3", 85_520_809_984, 85_000_000_000)])  # fmt: skip
@@ -218,7 +232,7 @@ def test_real_machine_detection_never_raises(tmp_path: Path) -> None:
     ("vram_mib", "tier"),
     [(0, "cpu"), (6144, "cpu"), (7680, "cpu"), (7800, ">=8gb"), (8192, ">=8gb"), (11264, ">=8gb"),
      (12288, ">=12gb"), (16376, ">=12gb"), (24564, ">=24gb"), (46068, ">=24gb"),
-     (49140, ">=48gb"), (81920, ">=48gb")],
+     (49140, ">=48gb"), (81920, ">=48gb"), (143771, ">=48gb")],
 )  # fmt: skip
 def test_vram_tiers(vram_mib: int, tier: str) -> None:
     assert vram_tier(vram_mib * MIB) == tier
@@ -254,3 +268,33 @@ def test_parsers_reject_garbage() -> None:
     with pytest.raises(ValueError):
         parse_rocm_smi("<html>")
     assert parse_rocminfo("no agents here") == []
+
+
+def test_a_real_h200_through_pynvml(tmp_path: Path) -> None:
+    nvml = h200_nvml()
+    run = runner({"nvidia-smi": h200("nvidia-smi-query.csv")})
+    info = detect_hardware(tmp_path, run=run, nvml=nvml, system="Linux")
+    assert (info.gpu_source, info.warnings, nvml.shutdown) == ("pynvml", (), True)
+    assert run.calls == []  # type: ignore[attr-defined]
+    assert info.gpus == (GpuInfo(vendor="nvidia", name="NVIDIA H200",  # NVML gives str, not bytes
+                                 vram_total_bytes=143771 * MIB,  # nvidia-smi's total, to the byte
+                                 vram_free_bytes=150_109_880_320),)  # fmt: skip
+    assert info.tier == ">=48gb" and info.memory_budget_bytes == 150_754_820_096
+    summary = info.summary()
+    assert (summary.gpu_count, summary.vram_gb) == (1, 140)  # 140.4 GiB ("141 GB" on the box)
+    assert summary.gpu_label() == "NVIDIA H200 (140 GB)"
+    assert default_model(info.tier, engine="ollama") == "qwen2.5:72b"
+
+
+def test_a_real_h200_through_nvidia_smi_reads_as_pynvml_does(tmp_path: Path) -> None:
+    (gpu,) = parse_nvidia_smi(h200("nvidia-smi-query.csv"))
+    assert gpu == GpuInfo(vendor="nvidia", name="NVIDIA H200", vram_total_bytes=143771 * MIB,
+                          vram_free_bytes=143156 * MIB)  # fmt: skip
+    by_smi = detect_hardware(tmp_path, run=runner({"nvidia-smi": h200("nvidia-smi-query.csv")}),
+                             nvml=NO_DRIVER, system="Linux")  # fmt: skip
+    by_nvml = detect_hardware(tmp_path, run=runner({}), nvml=h200_nvml(), system="Linux")
+    assert by_smi.gpu_source == "nvidia-smi"
+    assert by_smi.summary() == by_nvml.summary()  # the operator sees the same either way
+    assert by_smi.vram_total_bytes == by_nvml.vram_total_bytes
+    assert by_smi.vram_free_bytes is not None and by_nvml.vram_free_bytes is not None
+    assert abs(by_smi.vram_free_bytes - by_nvml.vram_free_bytes) < MIB  # nvidia-smi rounds MiB
