@@ -47,13 +47,9 @@ from infernet.backends.base import (
     Usage,
     unsupported,
 )
+from infernet.backends.http_stream import EngineEndpoint, open_stream
 from infernet.backends.sse import EventDataDecoder
-from infernet.backends.transport import (
-    MAX_ERROR_BODY,
-    map_transport_errors,
-    read_error_body,
-    status_error,
-)
+from infernet.backends.transport import MAX_ERROR_BODY, map_transport_errors, status_error
 from infernet.protocol.errors import BackendError
 
 __all__ = ["CompletionPrompt", "OpenAICompatBackend", "PromptFormatter"]
@@ -67,8 +63,8 @@ DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 # A new connection costs well under a millisecond next to a generation, so none is reused.
 _NO_KEEPALIVE: Final = {"Connection": "close"}
 # An SSE request's headers, as httpx_sse.aconnect_sse sent them when the adapter used it.
-_STREAM_HEADERS: Final = {**_NO_KEEPALIVE, "Accept": "text/event-stream",
-                          "Cache-Control": "no-store"}
+_STREAM_HEADERS: Final = (("Connection", "close"), ("Accept", "text/event-stream"),
+                          ("Cache-Control", "no-store"))
 _GENERIC_INSTALL_HINT: Final = (
     "start the engine with the model (it downloads the weights itself), then list the name "
     "in served_models"
@@ -135,6 +131,7 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 _CHUNK_DECODER: Final = msgspec.json.Decoder(_Chunk)
+_BODY_ENCODER: Final = msgspec.json.Encoder()
 _MODELS_DECODER: Final = msgspec.json.Decoder(_ModelList)
 _ERROR_DECODER: Final = msgspec.json.Decoder(_ErrorEnvelope)
 
@@ -165,14 +162,15 @@ class OpenAICompatBackend:
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient()
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._health_timeout = httpx.Timeout(health_timeout)
         self._prompt_formatter = prompt_formatter
         self._probe_path = probe_path
         self._capabilities = BackendCapabilities(model_naming=model_naming)
         self._install_hint = install_hint
         self._known_models: frozenset[str] | None = None
-        # Parsed once per endpoint: httpx parses a str URL twice per request.
-        self._urls: dict[str, httpx.URL] = {}
+        self._parsed: EngineEndpoint | None = None
 
     @property
     def name(self) -> str:
@@ -284,48 +282,57 @@ class OpenAICompatBackend:
         usage: _Usage | None = None
         finish_reason = "stop"
         done = False
-        with map_transport_errors(streaming=False):
-            response = await self._client.send(
-                self._client.build_request(
-                    "POST",
-                    self._url(path),
-                    json=body,
-                    headers=_STREAM_HEADERS,
-                    timeout=self._timeout,
-                ),
-                stream=True,
-            )
+        response = await open_stream(
+            self._endpoint(),
+            path,
+            _BODY_ENCODER.encode(body),
+            _STREAM_HEADERS,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
         try:
-            if response.status_code != 200:
-                body_bytes = await read_error_body(response)
-                raise self._status_error(response.status_code, body_bytes)
-            decoder = EventDataDecoder(_event_stream_encoding(response))
-            with map_transport_errors(streaming=True):
-                async for part in response.aiter_bytes():
-                    for data in decoder.feed(part):
-                        # Read on to EOF after [DONE] rather than break: httpx's response
-                        # iterators are nested async generators that trio flags with a
-                        # ResourceWarning when abandoned half-way (encode/httpx#3686).
-                        if done or data.strip() == "[DONE]":
-                            done = True
-                            continue
-                        chunk = _decode_chunk(data)
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        for choice in chunk.choices:
-                            finish_reason = choice.finish_reason or finish_reason
-                            text = _choice_text(choice)
-                            if text:
-                                yield TextDelta(text=text)
+            if response.status != 200:
+                raise self._status_error(response.status, await response.read(MAX_ERROR_BODY))
+            if "text/event-stream" not in response.content_type:
+                raise BackendError(
+                    "engine answered a non-SSE stream: Expected response header Content-Type "
+                    f"to contain 'text/event-stream', got {response.content_type!r}",
+                    code="internal_error",
+                )
+            decoder = EventDataDecoder(response.encoding)
+            while part := await response.receive():
+                for data in decoder.feed(part):
+                    # Read on to the end after [DONE]: the terminating chunk usually comes
+                    # in the same read, and the engine then sees a clean close.
+                    if done or data.strip() == "[DONE]":
+                        done = True
+                        continue
+                    chunk = _decode_chunk(data)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        text = _choice_text(choice)
+                        if text:
+                            yield TextDelta(text=text)
         finally:
             await response.aclose()
         yield _final_usage(usage, finish_reason, done=done)
 
-    def _url(self, path: str) -> httpx.URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self._base_url + path)
-        return url
+    def _endpoint(self) -> EngineEndpoint:
+        """The engine's address for the streaming client, parsed on first use.
+
+        Raises:
+            BackendError: the base URL is not http(s) (``backend_unavailable``).
+        """
+        if self._parsed is None:
+            try:
+                self._parsed = EngineEndpoint.parse(self._base_url)
+            except ValueError as exc:
+                raise BackendError(
+                    f"{self._name} engine URL is unusable: {exc}", code="backend_unavailable"
+                ) from exc
+        return self._parsed
 
     def _request_body(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
         """Return the endpoint path and JSON body for ``request``."""
@@ -415,23 +422,6 @@ def _choice_text(choice: _Choice) -> str | None:
     if choice.delta is not None:
         return choice.delta.content
     return choice.text
-
-
-def _event_stream_encoding(response: httpx.Response) -> str:
-    """The charset to read an SSE body with.
-
-    Raises:
-        BackendError: the answer is not ``text/event-stream`` (``internal_error``), as
-            httpx_sse refuses it.
-    """
-    content_type = response.headers.get("content-type", "").partition(";")[0]
-    if "text/event-stream" not in content_type:
-        raise BackendError(
-            "engine answered a non-SSE stream: Expected response header Content-Type to "
-            f"contain 'text/event-stream', got {content_type!r}",
-            code="internal_error",
-        )
-    return response.encoding or "utf-8"
 
 
 def _decode_chunk(data: str) -> _Chunk:

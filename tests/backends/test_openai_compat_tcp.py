@@ -1,5 +1,6 @@
-"""`OpenAICompatBackend` against a tiny fake HTTP server on loopback: real sockets, so the
-transport errors are the ones httpx really raises (refused, peer closed, read timeout)."""
+"""`OpenAICompatBackend` against a tiny hand-written HTTP server on loopback: raw bytes on a
+real socket, so the failures are the ones the clients really meet (refused, peer closed,
+read timeout, an error status)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ async def test_connection_refused_is_backend_unavailable() -> None:
     try:
         _, error = await stream_error(backend)
         assert error.code == "backend_unavailable"
+        with pytest.raises(BackendError) as info:
+            await backend.list_models()
+        assert info.value.code == "backend_unavailable"
         assert await backend.health() is False
     finally:
         await backend.aclose()
