@@ -468,7 +468,7 @@ async def open_embedded_engine(
     model_path = await trio.to_thread.run_sync(
         lambda: ensure_model(cache, lock_timeout=config.model_lock_timeout)
     )
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(trust_env=False) as client:
         engine = EmbeddedEngine(home, model_path, config, client)
         await engine.start()
         try:
@@ -488,7 +488,7 @@ async def attach_embedded_engine(url: str) -> AsyncIterator[EmbeddedBackend]:
     For several nodes sharing one engine (two llama.cpp servers on two cores collapse:
     notes/embedded-engine.md). The engine is neither started, supervised nor stopped here.
     """
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(trust_env=False) as client:
         adapter = OpenAICompatBackend(
             url, EMBEDDED_BACKEND, client=client, prompt_formatter=format_qa_prompt
         )

@@ -126,7 +126,7 @@ class OllamaBackend:
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._health_timeout = httpx.Timeout(health_timeout)
 

@@ -160,7 +160,7 @@ class OpenAICompatBackend:
         self._base_url = base_url.rstrip("/")
         self._name = name
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        self._client = client if client is not None else httpx.AsyncClient(trust_env=False)
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout

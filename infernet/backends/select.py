@@ -273,7 +273,7 @@ async def select_backend(
                          reason=f"backend={choice} from {source}")  # fmt: skip
     async with AsyncExitStack() as stack:
         if client is None:
-            client = await stack.enter_async_context(httpx.AsyncClient())
+            client = await stack.enter_async_context(httpx.AsyncClient(trust_env=False))
         probes = tuple(await _probe_all(settings, env, client))
     tried = "; ".join(f"{p.kind} {p.url}: {p.detail}" for p in probes if not p.healthy)
     for probe in probes:

@@ -469,3 +469,18 @@ async def test_disk_full_message_is_called_out(make_backend) -> None:
     backend = make_backend(answering(httpx.Response(500, json=body)))
     _, error = await stream_error(backend)
     assert error.code == "internal_error" and "ran out of disk space" in error.message
+
+
+async def test_engine_calls_ignore_environment_proxies(make_backend, drain, monkeypatch) -> None:
+    with socket.socket() as s:  # a "proxy" that refuses every connection
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    backend = make_backend(answering(sse_response(sse(chunk("a"), USAGE, "[DONE]"))))
+    assert await backend.health()
+    texts, _ = await drain(backend.stream_chat(REQUEST))
+    assert texts == ["a"]
+    await backend.aclose()
