@@ -25,6 +25,7 @@ from coordinator.service import (
 )
 from coordinator.store import Store
 from infernet.cli.logs import setup_logging
+from infernet.cli.parser import CommandParser
 from infernet.cli.signals import run_until_signal
 from infernet.node.config import home_dir
 from infernet.protocol.errors import InfernetError
@@ -40,8 +41,8 @@ def _data_dir(arg: str | None) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infernet-coordinator",
-                                description="Infernet coordinator: OpenAI-compatible API.")
+    p: argparse.ArgumentParser = CommandParser(
+        prog="infernet-coordinator", description="Infernet coordinator: OpenAI-compatible API.")
     p.add_argument("--data-dir", help="database and key directory")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -27,7 +27,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import trio
 
@@ -41,6 +40,7 @@ from infernet.cli.keys import add_keys_commands
 from infernet.cli.logs import setup_logging
 from infernet.cli.logview import add_logs_command
 from infernet.cli.model import add_model_commands, run_model_command
+from infernet.cli.parser import CommandParser
 from infernet.cli.payout import add_payout_commands
 from infernet.cli.register import add_register_command
 from infernet.cli.remove import add_remove_command
@@ -52,37 +52,11 @@ from infernet.protocol.errors import InfernetError
 __all__ = ["main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error that points at the command's ``--help``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
-        # argparse reports an unknown option from the top-level parser; report it from the
-        # subcommand it was given to, so the hint names that subcommand's --help.
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            _innermost(self, parsed).error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed
-
-
-def _innermost(parser: argparse.ArgumentParser,
-               parsed: argparse.Namespace) -> argparse.ArgumentParser:
-    """The (sub)command parser that ``parsed`` went down to."""
-    for action in parser._actions:  # argparse has no public walk of its subcommands
-        if isinstance(action, argparse._SubParsersAction):
-            chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
-            if chosen is not None:
-                return _innermost(chosen, parsed)
-    return parser
-
-
 def _parser() -> argparse.ArgumentParser:
     # Typed as the base class so the add_*_commands helpers accept its subparsers; at run
-    # time subparsers are _Parser too (argparse uses type(self)).
-    p: argparse.ArgumentParser = _Parser(prog="infernet", description="Infernet inference node.")
+    # time subparsers are CommandParser too (argparse uses type(self)).
+    p: argparse.ArgumentParser = CommandParser(prog="infernet",
+                                               description="Infernet inference node.")
     p.add_argument("--version", action="version", version=f"infernet {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
