@@ -8,8 +8,17 @@ job, kept ``unwitnessed`` when it did not), ``GET
 /api/v1/nodes/:id/balance`` and ``POST /api/v1/nodes/:id/payouts``
 (``specs/http-api.md`` §"Node API").
 
-Invariants: a node acts only for itself (the key that signed is the node the route names);
-the signed target is the raw request line, never a re-encoded URL.
+A receipt signed by a key the node has since rotated away (``specs/auth.md`` §3,
+``specs/keys.md`` §4.2) is handed in by the node under its current key, named in
+``X-Infernet-Pubkey``: that key authenticates the request as any other, and the node's
+registration (its verified rotation chain) must show it retired the receipt's signer, for a
+job completed before the rotation, less than 24 h ago.
+
+Invariants: a node acts only for itself (the key that signed is the node the route names,
+or the node whose registered chain retired the receipt's signer); a retired key's receipt
+is taken from the node's current key, never on the retired key's word; the signed target is
+the raw request line, never a re-encoded URL; an upload of a receipt signed by the
+uploading key reads no registration.
 """
 
 from __future__ import annotations
@@ -23,12 +32,15 @@ import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from coordinator import registry
 from coordinator.http_common import ApiError, CoordinatorState, json_response, read_body
-from coordinator.job_api import normalize_node_id
+from coordinator.job_api import iso_time, normalize_node_id
 from coordinator.receipts import ReceiptNotReady, UnwitnessedQuotaFull, receipt_body
-from infernet.protocol.auth import AUTH_HEADER, AuthBusyError, AuthError
+from infernet.protocol.auth import AUTH_HEADER, PUBKEY_HEADER, AuthBusyError, AuthError
 from infernet.protocol.canonical import decode_record
-from infernet.protocol.errors import InfernetError
+from infernet.protocol.delegation import verify_receipt_signer
+from infernet.protocol.errors import InfernetError, SignatureError
+from infernet.protocol.keys import PublicKey
 from infernet.protocol.receipt import MAX_RECEIPT_SIZE, Receipt, decode_signed_receipt
 
 __all__ = ["register"]
@@ -68,6 +80,39 @@ async def _authenticate_node(state: CoordinatorState, node_id: str, body: bytes)
         raise ApiError("unauthorized", str(exc)) from None
 
 
+async def _check_retired_signer(state: CoordinatorState, node: str, stated: Receipt) -> None:
+    """Check that authenticated ``node`` may hand in a receipt signed by another key: its
+    registered chain retired that key, before the job completed, less than 24 h ago.
+
+    Raises:
+        ApiError: ``unauthorized`` (401) when ``node`` is not registered here (its chain
+            is unknown: the node registers when it starts, so it may come); ``bad_request``
+            (400) when the chain does not hold or does not let that key sign this receipt
+            now (a definitive refusal: the grace is over, the job completed after the
+            rotation, or the signer is not a key of this node).
+    """
+    reg = await state.store.read(registry.get_registration, node)
+    if reg is None:
+        raise ApiError("unauthorized", "the receipt is signed by another key than this node's"
+                       " and the node is not registered here: register it (`infernet "
+                       "register`; the daemon does when it starts) so its key rotations are "
+                       "known, then send the receipt again")
+    now = int(time.time())
+    signer = PublicKey.from_hex(stated.node_pubkey)
+    try:
+        authority = registry.registration_authority(reg, now)
+    except SignatureError as exc:
+        raise ApiError("bad_request", "receipt refused: the node's registered key chain no "
+                       f"longer holds ({exc})") from None
+    try:
+        verify_receipt_signer(authority, signer, completed_at=stated.completed_at, now=now)
+    except SignatureError as exc:
+        when = dict(authority.retired).get(signer)
+        rotated = "" if when is None else (
+            f" (key {stated.node_pubkey} was rotated away at {iso_time(when)})")
+        raise ApiError("bad_request", f"receipt refused: {exc}{rotated}") from None
+
+
 def _decode(body: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body, type=kind)
@@ -94,7 +139,12 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
             stated = decode_record(signed.body, Receipt, max_size=MAX_RECEIPT_SIZE)
         except (binascii.Error, ValueError, InfernetError) as exc:
             raise ApiError("bad_request", f"not a signed receipt: {exc}") from None
-        await _authenticate_node(state, stated.node_pubkey, body)
+        # The uploader is the receipt's signer unless the node names itself, its current key,
+        # for a receipt an earlier key signed; the common case costs one header lookup.
+        uploader = request.headers.get(PUBKEY_HEADER, stated.node_pubkey)
+        await _authenticate_node(state, uploader, body)
+        if uploader != stated.node_pubkey:
+            await _check_retired_signer(state, uploader, stated)
         try:
             record, created = await state.jobs.accept_late_receipt(signed, stated)
         except ReceiptNotReady as exc:

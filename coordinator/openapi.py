@@ -240,6 +240,10 @@ def _paths() -> dict[str, Any]:
         "/api/v1/receipts": {"post": {
             "summary": "A node sends a signed receipt (countersigned if routed here)",
             "security": _NODE_AUTH,
+            "parameters": [{"name": "X-Infernet-Pubkey", "in": "header", "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                            "description": "the uploading node's current key, when a key it "
+                            "has rotated away signed the receipt (specs/auth.md §3)"}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["receipt"], "additionalProperties": False,
                 "properties": {"receipt": {"type": "string", "description":

@@ -5,6 +5,9 @@ Owns: the rows of the ``node_registry`` and ``node_commands`` tables (migration 
 `AsyncStore.read` / ``write`` can run them (``specs/http-api.md`` §"Node registry",
 §"Owner commands").
 
+Also: `registration_authority`, a stored registration's chain verified again at a given
+time (which keys it retired and when, for receipts signed before a rotation).
+
 Invariants: a registration is keyed by the node's current key and names the user that
 delegated it; a command row is keyed by its command id (the hash of the signed record), so
 the same command queued twice is one row; the routes keep at most `MAX_PENDING` commands
@@ -14,10 +17,22 @@ Postgres shares).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass
 from typing import Final
 
 from coordinator.store import Store
+from infernet.protocol.delegation import (
+    KeyRotation,
+    NodeAuthority,
+    NodeDelegation,
+    decode_signed,
+    verify_node_authority,
+)
+from infernet.protocol.errors import InfernetError
+from infernet.protocol.keys import PublicKey
 
 __all__ = [
     "MAX_PENDING",
@@ -30,6 +45,7 @@ __all__ = [
     "insert_command",
     "pending_commands",
     "registered_user_of",
+    "registration_authority",
     "save_registration",
 ]
 
@@ -95,6 +111,29 @@ def registered_user_of(store: Store, node_pubkeys: list[str]) -> dict[str, str]:
         f"SELECT node_pubkey, user_pubkey FROM node_registry WHERE node_pubkey IN ({marks})",
         node_pubkeys).fetchall()
     return {node: user for node, user in rows}
+
+
+def registration_authority(reg: Registration, now: int) -> NodeAuthority:
+    """Verify a stored registration's delegation and rotations again at ``now``.
+
+    It verified when it was stored; verifying again is what tells whether it still holds
+    (the delegation may have expired since) and which keys it retired, and when.
+
+    Raises:
+        SignatureError: the chain does not hold at ``now`` (a `DelegationError` says which
+            link: an expired delegation, ...).
+        InfernetError: the stored records do not decode (a corrupt row).
+    """
+    try:
+        delegation = decode_signed(base64.b64decode(reg.delegation, validate=True),
+                                   NodeDelegation)
+        rotations = [decode_signed(base64.b64decode(r, validate=True), KeyRotation)
+                     for r in json.loads(reg.rotations)]
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InfernetError(f"stored registration of {reg.node_pubkey} is corrupt ({exc})",
+                            code="internal_error") from None
+    return verify_node_authority(delegation, user=PublicKey.from_hex(reg.user_pubkey), now=now,
+                                 rotations=rotations)
 
 
 def count_pending(store: Store, node_pubkey: str) -> int:

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_NONCES",
     "DEFAULT_NONCE_TTL_S",
     "DEFAULT_WINDOW_S",
+    "PUBKEY_HEADER",
     "AuthBusyError",
     "AuthError",
     "AuthExpiredError",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 AUTH_HEADER: Final = "X-Infernet-Auth"
+# Names the signing node where the route names none or names another key (``specs/auth.md``
+# §3): e.g. a receipt upload whose receipt an earlier, rotated-away key of the node signed.
+PUBKEY_HEADER: Final = "X-Infernet-Pubkey"
 AUTH_VERSION: Final = "v1"
 DEFAULT_WINDOW_S: Final = 30
 DEFAULT_NONCE_TTL_S: Final = 300

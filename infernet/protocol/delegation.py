@@ -52,6 +52,7 @@ __all__ = [
     "ResponseMetadata",
     "Scope",
     "Signed",
+    "check_rotation_grace",
     "decode_signed",
     "encode_signed",
     "sign_record",
@@ -304,12 +305,25 @@ def verify_receipt_signer(
         return
     for old_key, rotated_at in authority.retired:
         if signer == old_key:
-            if completed_at > rotated_at:
-                raise DelegationError("receipt signed by a key after it was rotated away")
-            if now > rotated_at + ROTATION_GRACE_S:
-                raise DelegationError("rotated key's 24 h grace period is over")
+            check_rotation_grace(rotated_at, completed_at=completed_at, now=now)
             return
     raise DelegationError("receipt signer is not a key of this node")
+
+
+def check_rotation_grace(rotated_at: int, *, completed_at: int, now: int) -> None:
+    """Check the grace of a key rotated away at ``rotated_at`` for one of its receipts.
+
+    The rule of `verify_receipt_signer` for a retired key, on its own: a node that knows its
+    own chain uses it to stop offering receipts no coordinator will take.
+
+    Raises:
+        DelegationError: the job completed after the rotation, or ``now`` is past
+            ``rotated_at + ROTATION_GRACE_S``.
+    """
+    if completed_at > rotated_at:
+        raise DelegationError("receipt signed by a key after it was rotated away")
+    if now > rotated_at + ROTATION_GRACE_S:
+        raise DelegationError("rotated key's 24 h grace period is over")
 
 
 def verify_model_delegation(

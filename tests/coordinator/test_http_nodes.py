@@ -1,4 +1,5 @@
-"""Node-facing routes (X-Infernet-Auth): late receipts, balance, payouts, and auth failures."""
+"""Node-facing routes (X-Infernet-Auth): late receipts, balance, payouts, auth failures, and
+receipts signed by a key the node rotated away (handed in under its current key)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from coordinator import registry
 from coordinator.receipts import ReceiptRecord
-from infernet.protocol.auth import sign_request
+from infernet.protocol.auth import PUBKEY_HEADER, sign_request
+from infernet.protocol.delegation import ROTATION_GRACE_S, KeyRotation, sign_record
+from infernet.protocol.keys import SecretKey
 from infernet.protocol.pricing import job_value, rates_for_model
 from infernet.protocol.receipt import (
     Receipt,
@@ -27,6 +32,7 @@ from infernet.protocol.receipt import (
 )
 from tests.coordinator.fakes import MODEL, FakeNode, Script
 from tests.coordinator.harness import FAST, Harness, open_harness
+from tests.coordinator.test_http_registry import b64, delegation
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -56,11 +62,12 @@ async def completed_job(h: Harness) -> str:
     return job_id
 
 
-def late_receipt(node: FakeNode, job_id: str, output_tokens: int = 3) -> str:
+def late_receipt(node: FakeNode, job_id: str, output_tokens: int = 3, *,
+                 completed_at: int = 1_800_000_000) -> str:
     text = "".join(node.script.texts)
     receipt = Receipt(
         job_id=job_id, node_pubkey=node.pubkey, model=MODEL, input_tokens=7,
-        output_tokens=output_tokens, completed_at=1_800_000_000,
+        output_tokens=output_tokens, completed_at=completed_at,
         value=job_value(7, output_tokens, rates_for_model(MODEL)), chain="base",
         prompt_hash=prompt_hash(_Msg(m["role"], m["content"]) for m in USER),
         output_hash=output_hash(text))
@@ -234,3 +241,122 @@ async def test_a_receipt_for_a_job_still_running_is_409(h: Harness) -> None:
     await h.finished(job_id)
     r = await node_post(h, node, "/api/v1/receipts", {"receipt": late_receipt(node, job_id)})
     assert r.status_code == 201
+
+
+# -- receipts signed by a key the node rotated away ------------------------------------------
+
+HOUR = 3600
+
+
+async def rotate(h: Harness, old: FakeNode, *, rotated_at: int) -> FakeNode:
+    """``old`` registers, rotates to a new key at ``rotated_at``, registers that key (as
+    `infernet keys rotate` does) and announces with it; return the node under its new key."""
+    user = SecretKey.generate().even_y()
+    signed = delegation(user, old.pubkey, issued_at=rotated_at - 2 * 86_400,
+                        lifetime=365 * 86_400)
+    r = await node_post(h, old, "/api/v1/nodes/register", {"delegation": b64(signed)})
+    assert r.status_code == 201, await r.get_data()
+    new = h.nodes.add(Script(receipt=False))
+    rotation = sign_record(KeyRotation(old_pubkey=old.pubkey, new_pubkey=new.pubkey,
+                                       rotated_at=rotated_at), old.key)
+    r = await node_post(h, new, "/api/v1/nodes/register",
+                        {"delegation": b64(signed), "rotations": [b64(rotation)]})
+    assert r.status_code == 201, await r.get_data()
+    return new
+
+
+async def upload_as(h: Harness, uploader: FakeNode, receipt: str) -> Any:
+    """POST a receipt signed by the uploader's key, naming it in X-Infernet-Pubkey."""
+    raw = json.dumps({"receipt": receipt}).encode()
+    headers = {**signed_headers(uploader, "POST", "/api/v1/receipts", raw),
+               PUBKEY_HEADER: uploader.pubkey}
+    return await h.client.post("/api/v1/receipts", data=raw, headers=headers)
+
+
+async def test_an_old_keys_receipt_is_countersigned_within_the_grace(h: Harness) -> None:
+    old = h.nodes.add(Script(receipt=False))
+    job_id = await completed_job(h)  # served under the old key
+    now = int(time.time())
+    new = await rotate(h, old, rotated_at=now - HOUR)
+    receipt = late_receipt(old, job_id, completed_at=now - 2 * HOUR)
+
+    alone = await node_post(h, new, "/api/v1/receipts", {"receipt": receipt})
+    assert alone.status_code == 401  # without naming itself the new key is not the signer
+    r = await upload_as(h, new, receipt)
+    assert r.status_code == 201, await r.get_data()
+    cpr = await r.get_json()
+    assert (cpr["status"], cpr["job_id"], cpr["node_pubkey"]) == (
+        "countersigned", job_id, old.pubkey)
+    job = await (await h.get(f"/api/v1/jobs/{job_id}")).get_json()
+    assert job["infernet"]["receipt_id"] == cpr["id"]
+    again = await upload_as(h, new, receipt)
+    assert again.status_code == 200 and (await again.get_json())["id"] == cpr["id"]
+    direct = await upload_as(h, new, late_receipt(old, "job_mesh_before",
+                                                  completed_at=now - 2 * HOUR))
+    assert direct.status_code == 202  # a job not routed here: stored unwitnessed, as before
+
+
+async def test_an_old_keys_receipt_after_the_grace_is_refused_for_good(h: Harness) -> None:
+    old = h.nodes.add(Script(receipt=False))
+    job_id = await completed_job(h)
+    now = int(time.time())
+    rotated_at = now - ROTATION_GRACE_S - HOUR
+    new = await rotate(h, old, rotated_at=rotated_at)
+    r = await upload_as(h, new, late_receipt(old, job_id, completed_at=rotated_at - HOUR))
+    assert r.status_code == 400, await r.get_data()
+    body = await r.get_json()
+    assert body["error"] == "bad_request"
+    assert "24 h grace period is over" in body["error_message"]
+    assert f"key {old.pubkey} was rotated away at " in body["error_message"]
+    job = await (await h.get(f"/api/v1/jobs/{job_id}")).get_json()
+    assert job["infernet"]["receipt_id"] is None  # nothing countersigned, nothing paid
+
+
+async def test_an_old_keys_receipt_for_a_job_after_the_rotation_is_refused(h: Harness) -> None:
+    old = h.nodes.add(Script(receipt=False))
+    now = int(time.time())
+    new = await rotate(h, old, rotated_at=now - HOUR)
+    r = await upload_as(h, new, late_receipt(old, "job_mesh_after", completed_at=now - 60))
+    assert r.status_code == 400
+    assert "after it was rotated away" in (await r.get_json())["error_message"]
+
+
+async def test_keys_outside_a_registered_chain_are_refused(h: Harness) -> None:
+    old = h.nodes.add(Script(receipt=False))
+    now = int(time.time())
+    new = await rotate(h, old, rotated_at=now - HOUR)
+    receipt = late_receipt(old, "job_mesh", completed_at=now - 2 * HOUR)
+    stranger = FakeNode(SecretKey.generate().even_y(), "peer-stranger", Script())
+    # An unknown key, as before: 401 whether it names itself or not.
+    strangers = late_receipt(stranger, "job_mesh", completed_at=now - 2 * HOUR)
+    assert (await node_post(h, stranger, "/api/v1/receipts",
+                            {"receipt": strangers})).status_code == 401
+    assert (await upload_as(h, stranger, receipt)).status_code == 401
+    # Naming the new key but signing with another: 401.
+    raw = json.dumps({"receipt": receipt}).encode()
+    forged = {**signed_headers(stranger, "POST", "/api/v1/receipts", raw),
+              PUBKEY_HEADER: new.pubkey}
+    assert (await h.client.post("/api/v1/receipts", data=raw, headers=forged)).status_code == 401
+    # An announced node that is not registered: its chain is unknown here (it may register).
+    unregistered = h.nodes.add()
+    r = await upload_as(h, unregistered, receipt)
+    assert r.status_code == 401 and "not registered" in (await r.get_json())["error_message"]
+    # A registered node handing in a receipt no key of its chain signed: refused for good.
+    r = await upload_as(h, new, strangers)
+    assert r.status_code == 400
+    assert "not a key of this node" in (await r.get_json())["error_message"]
+
+
+async def test_the_announced_key_path_reads_no_registration(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = h.nodes.add(Script(receipt=False))
+    job_id = await completed_job(h)
+
+    def no_read(*_: Any) -> None:
+        raise AssertionError("the announced-key path read the registry")
+
+    monkeypatch.setattr(registry, "get_registration", no_read)
+    r = await node_post(h, node, "/api/v1/receipts", {"receipt": late_receipt(node, job_id)})
+    assert r.status_code == 201, await r.get_data()
+    named = await upload_as(h, node, late_receipt(node, job_id))  # naming itself: the same
+    assert named.status_code == 200

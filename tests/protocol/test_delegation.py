@@ -22,6 +22,7 @@ from infernet.protocol.delegation import (
     OwnerCommandVerifier,
     ResponseMetadata,
     Signed,
+    check_rotation_grace,
     decode_signed,
     encode_signed,
     sign_record,
@@ -209,6 +210,15 @@ def test_old_key_receipts_have_a_24_hour_grace_period() -> None:
         verify_receipt_signer(auth, NODE.public_key, completed_at=T + 1001, now=T + 2000)
     with pytest.raises(DelegationError, match="not a key of this node"):
         verify_receipt_signer(auth, MODEL.public_key, completed_at=T, now=T + 2000)
+
+
+def test_the_grace_rule_on_its_own_matches_the_chain_check() -> None:
+    rotated_at = T + 1000
+    check_rotation_grace(rotated_at, completed_at=rotated_at, now=rotated_at + ROTATION_GRACE_S)
+    with pytest.raises(DelegationError, match="grace period"):
+        check_rotation_grace(rotated_at, completed_at=T, now=rotated_at + ROTATION_GRACE_S + 1)
+    with pytest.raises(DelegationError, match="after it was rotated"):
+        check_rotation_grace(rotated_at, completed_at=rotated_at + 1, now=rotated_at + 1)
 
 
 def test_receipts_need_the_receipts_scope() -> None:
