@@ -33,9 +33,10 @@ from infernet.mesh.job_mux import JOB_MUX_PROTOCOL, SessionServer
 from infernet.mesh.jobs import JOB_PROTOCOL, serve_job_stream
 from infernet.mesh.mdns import MdnsDiscovery
 from infernet.mesh.peers import PeerManager
-from infernet.node.config import NodeConfig, config_path
+from infernet.node.config import ConfigError, NodeConfig, config_path
 from infernet.node.control import NodeControl, NodeParts
 from infernet.node.hardware import HardwareInfo, detect_hardware
+from infernet.node.identity import retired_keys
 from infernet.node.jobs import JobExecutor
 from infernet.node.owner_service import refresh_model_keys, serve_owner_commands
 from infernet.node.receipt_store import ReceiptQueue, ReceiptStore
@@ -172,6 +173,17 @@ async def _follow_served_models(home: Path, served: _Served, executor: JobExecut
             refresh_model_keys(home, key, executor.weights)
 
 
+def _retired_keys(home: Path) -> dict[str, int] | None:
+    """The keys this node rotated away (for its earlier receipts); None if unreadable, which
+    leaves the coordinator to judge those receipts."""
+    try:
+        return retired_keys(home)
+    except ConfigError as exc:
+        log.warning("receipts: %s; receipts of earlier node keys go to the coordinator as they "
+                    "are", exc)
+        return None
+
+
 async def run_node(
     home: Path,
     config: NodeConfig,
@@ -203,7 +215,8 @@ async def run_node(
             relay = Relay(mesh, peers.table, key.public_key.hex())
             # Every signed receipt is kept on disk and, with a coordinator, handed to it.
             receipts = ReceiptQueue(ReceiptStore(home))
-            submitter = (ReceiptSubmitter(receipts, config.coordinator_url, key)
+            submitter = (ReceiptSubmitter(receipts, config.coordinator_url, key,
+                                          retired=_retired_keys(home))
                          if config.coordinator_url else None)
             executor = JobExecutor(backend, models, config.engine_slots, key.public_key.hex(),
                                    relay=relay, key=key, weights=weights,

@@ -68,6 +68,7 @@ __all__ = [
     "load_user_key",
     "model_key_files",
     "read_model_delegation",
+    "retired_keys",
     "rotate_node_key",
     "rotations_wire",
     "safe_model_name",
@@ -183,6 +184,18 @@ def load_rotations(home: Path) -> list[Signed[KeyRotation]]:
 def _save_rotations(home: Path, rotations: Sequence[Signed[KeyRotation]]) -> None:
     doc = _Rotations([base64.b64encode(encode_signed(r)).decode() for r in rotations])
     _write_private(home / ROTATIONS_FILE, msgspec.json.encode(doc) + b"\n")
+
+
+def retired_keys(home: Path) -> dict[str, int]:
+    """The node keys rotated away under the current delegation: pubkey hex → ``rotated_at``.
+
+    Read from ``rotations.json`` as this node wrote it, unverified: it only tells the receipt
+    submitter which of its own receipts no coordinator will take any more.
+
+    Raises:
+        ConfigError: the file is corrupt.
+    """
+    return {r.record.old_pubkey: r.record.rotated_at for r in load_rotations(home)}
 
 
 def rotations_wire(rotations: Sequence[Signed[KeyRotation]]) -> list[str]:

@@ -248,15 +248,17 @@ async def test_a_receipt_for_a_job_still_running_is_409(h: Harness) -> None:
 HOUR = 3600
 
 
-async def rotate(h: Harness, old: FakeNode, *, rotated_at: int) -> FakeNode:
+async def rotate(h: Harness, old: FakeNode, *, rotated_at: int,
+                 new: FakeNode | None = None) -> FakeNode:
     """``old`` registers, rotates to a new key at ``rotated_at``, registers that key (as
-    `infernet keys rotate` does) and announces with it; return the node under its new key."""
+    `infernet keys rotate` does) and announces with it (or ``new``, announced already);
+    return the node under its new key."""
     user = SecretKey.generate().even_y()
     signed = delegation(user, old.pubkey, issued_at=rotated_at - 2 * 86_400,
                         lifetime=365 * 86_400)
     r = await node_post(h, old, "/api/v1/nodes/register", {"delegation": b64(signed)})
     assert r.status_code == 201, await r.get_data()
-    new = h.nodes.add(Script(receipt=False))
+    new = new or h.nodes.add(Script(receipt=False))
     rotation = sign_record(KeyRotation(old_pubkey=old.pubkey, new_pubkey=new.pubkey,
                                        rotated_at=rotated_at), old.key)
     r = await node_post(h, new, "/api/v1/nodes/register",

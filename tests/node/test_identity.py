@@ -12,6 +12,7 @@ from infernet.node.identity import (
     ensure_identity,
     ensure_model_key,
     load_authority,
+    retired_keys,
     rotate_node_key,
     safe_model_name,
 )
@@ -51,8 +52,10 @@ def test_rotation_hands_the_delegation_to_the_new_key(tmp_path: Path) -> None:
     key, _ = init_home(tmp_path)
     ensure_identity(tmp_path, key, now, env={})
     model = ensure_model_key(tmp_path, key, "gemma3-270m", "sha256:aa", now)
+    assert retired_keys(tmp_path) == {}
     rotated = rotate_node_key(tmp_path, now + 5)
     assert rotated.old == key.public_key and load_node_key(tmp_path) == rotated.new
+    assert retired_keys(tmp_path) == {key.public_key.hex(): now + 5}  # for the submitter
     authority = load_authority(tmp_path, now + 10)
     assert authority.current_key == rotated.new.public_key
     assert authority.retired == ((key.public_key, now + 5),)
