@@ -8,9 +8,10 @@ that ``infernet setup`` suggests. Sources: the operator book's tier chapter (wha
 runs) and model-management chapter (naming per engine, the VRAM rule of thumb).
 
 Rules:
-- A model is recommended when the node's tier is at least the row's ``min_tier`` and the
-  weights fit the memory budget (`infernet.backends.fit.check_fit`, under the engine's
-  naming: Q4 for Ollama and GGUF, FP16 for HuggingFace ids).
+- A model is recommended when the node's tier is at least the row's ``min_tier`` and it
+  fits the memory budget with headroom (`infernet.backends.fit.check_fit`, under the engine's
+  naming: Q4 for Ollama and GGUF, FP16 for HuggingFace ids; weights + 20 % + 1 GiB within the
+  budget, or within 90 % of it on vLLM, SGLang and MAX).
 - Best first: the tier's default model (`infernet.protocol.pricing.default_model`) leads,
   then the largest models (they earn the most per token, `pricing.size_band`); at most
   `RECOMMEND_LIMIT` rows, so ``--install-all`` never fills a disk with every small model.
@@ -117,10 +118,12 @@ CATALOG: Final[tuple[CatalogModel, ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """A catalogue model under one engine's naming, with its estimated size."""
+    """A catalogue model under one engine's naming, with its estimated size and what it
+    needs with headroom (`infernet.backends.fit.check_fit`)."""
 
     model: CatalogModel
     name: str
+    weights_bytes: int | None
     needed_bytes: int | None
     default: bool
 
@@ -164,7 +167,8 @@ def recommend(
             verdict = check_fit(info, budget_bytes, naming)
             if verdict.fits:
                 is_default = preferred in (row.ollama, row.gguf)
-                picks.append(Recommendation(row, name, verdict.needed_bytes, is_default))
+                picks.append(Recommendation(row, name, verdict.weights_bytes,
+                                            verdict.needed_bytes, is_default))  # fmt: skip
                 break
     picks.sort(key=lambda r: (not r.default, -r.model.params_b))
     return picks[:limit]

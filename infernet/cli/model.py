@@ -18,8 +18,9 @@ Invariants:
 - The config file is rewritten from its own contents, never from environment overrides, and
   only ``served_models`` changes. An empty ``served_models`` (serve everything) is first made
   explicit from the engine's list, so installing one model does not hide the others.
-- A model whose estimated size exceeds this node's VRAM (RAM when CPU-only) is refused
-  before any download unless ``--force``.
+- A model that does not fit this node's VRAM (RAM when CPU-only) with headroom
+  (`infernet.backends.fit`'s rule) is refused before any download unless ``--force``.
+- Sizes print in GiB/MiB (`infernet.backends.fit.format_size`), the progress bar too.
 - A running node notices the changed ``served_models`` in its config file and re-announces
   (`infernet.backends.inventory.watch_served_models`).
 - ``--json``: one document on stdout; progress and notes go to stderr.
@@ -38,11 +39,13 @@ from typing import Any, Final
 
 import msgspec
 import trio
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
@@ -50,10 +53,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from infernet.backends.base import Backend, ModelInfo, ModelNaming
 from infernet.backends.embedded import EMBEDDED_BACKEND, EMBEDDED_MODEL
-from infernet.backends.fit import check_fit
+from infernet.backends.fit import check_fit, format_size
 from infernet.backends.inventory import canonical_name
 from infernet.protocol.errors import BackendError
 
@@ -73,7 +77,7 @@ __all__ = [
     "update_served_models",
 ]
 
-_GB: Final = 1e9
+_BINARY_SUFFIXES: Final = ["B", "KiB", "MiB", "GiB", "TiB"]
 
 
 def add_model_commands(subparsers: Any) -> None:
@@ -236,6 +240,18 @@ async def install_one(
     return InstallResult(model=name, engine=engine, size_bytes=size, served_models=served)
 
 
+class _BinarySpeedColumn(TransferSpeedColumn):
+    """Download speed in KiB/s, MiB/s...: rich's own column is decimal (MB/s), beside the
+    binary sizes of `DownloadColumn(binary_units=True)`."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("?", style="progress.data.speed")
+        unit, suffix = filesize.pick_unit_and_suffix(int(speed), _BINARY_SUFFIXES, 1024)
+        return Text(f"{speed / unit:.1f} {suffix}/s", style="progress.data.speed")
+
+
 async def _pull(
     backend: Backend, name: str, before: list[str], *, verbose: bool, console: Console
 ) -> None:
@@ -249,9 +265,9 @@ async def _pull(
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TaskProgressColumn(),
-        TransferSpeedColumn(),
+        _BinarySpeedColumn(),
         TimeRemainingColumn(),
     )
     layers: dict[str, TaskID] = {}
@@ -467,15 +483,6 @@ def update_served_models(
     new = tuple(served)
     save_config(home, msgspec.structs.replace(stored, served_models=new))
     return new
-
-
-def format_size(size: int | None) -> str:
-    """``"4.7 GB"``, ``"253 MB"``, or ``"-"`` when the size is unknown."""
-    if not size:
-        return "-"
-    if size >= _GB:
-        return f"{size / _GB:.1f} GB"
-    return f"{size / 1e6:.0f} MB"
 
 
 def cli_env(env: Mapping[str, str] | None) -> dict[str, str]:

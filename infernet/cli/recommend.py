@@ -4,9 +4,12 @@ node, best first, and which of them the engine already has.
 Owns: `survey_engine` (which engine the CLI would talk to, its model naming, whether it can
 download models, what it lists; also used by ``infernet setup``) and `recommend_models`.
 The ranking is `infernet.backends.catalog.recommend`; the budget is
-`infernet.node.hardware.HardwareInfo.memory_budget_bytes` (VRAM, RAM on a CPU-only node);
-installs go through `infernet.cli.model.install_one` (same fit check and progress bar as
-``infernet model install``).
+`infernet.node.hardware.HardwareInfo.memory_budget_bytes` (VRAM, RAM on a CPU-only node),
+and the line above the table states the fit rule with this node's numbers
+(`infernet.backends.fit.describe_rule`): SIZE is the weights, NEEDS the weights with headroom,
+both in GiB/MiB like every size the CLI prints; installs go through
+`infernet.cli.model.install_one` (same fit check and progress bar as ``infernet model
+install``).
 
 Invariants: like every model command it never starts an engine: with no engine running the
 embedded engine is described (its bundled model counts as installed). A model the engine
@@ -30,6 +33,7 @@ from infernet.backends.base import ModelNaming
 from infernet.backends.catalog import Recommendation, recommend
 from infernet.backends.embedded import EMBEDDED_BACKEND, EMBEDDED_MODEL
 from infernet.backends.engines import ENGINES
+from infernet.backends.fit import describe_rule, usable_bytes
 from infernet.backends.inventory import canonical_name
 from infernet.cli.model import cli_env, format_size, install_one, print_json
 from infernet.node.config import NodeConfig
@@ -46,7 +50,6 @@ _NAMING_LABEL: Final[dict[ModelNaming, str]] = {
     "huggingface": "HuggingFace repo ids",
     "alias": "GGUF files / aliases",
 }
-_GB: Final = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ async def recommend_models(
         "tier": hardware.tier,
         "memory": "VRAM" if hardware.vram_total_bytes else "RAM",
         "budget_bytes": budget,
+        "usable_bytes": usable_bytes(budget, survey.naming) if budget else None,
         "engine": survey.engine,
         "naming": survey.naming,
         "models": [_row(p, survey) for p in picks],
@@ -146,7 +150,8 @@ def _row(pick: Recommendation, survey: EngineSurvey) -> dict[str, Any]:
         "model": pick.name,
         "family": pick.model.family,
         "params_b": float(pick.model.params_b),
-        "size_bytes": pick.needed_bytes,
+        "size_bytes": pick.weights_bytes,
+        "needed_bytes": pick.needed_bytes,
         "band": pick.model.band,
         "min_tier": pick.model.min_tier,
         "use": pick.model.use,
@@ -160,20 +165,23 @@ def _row(pick: Recommendation, survey: EngineSurvey) -> dict[str, Any]:
 def _print_table(
     console: Console, doc: dict[str, Any], survey: EngineSurvey, *, footnote: bool
 ) -> None:
-    budget = doc["budget_bytes"]
-    shown = f"{budget / _GB:.1f} GB {doc['memory']}" if budget else "unknown memory"
-    console.print(f"Tier {doc['tier']}, {shown} for model weights; engine {survey.engine} "
+    budget, memory = doc["budget_bytes"], doc["memory"]
+    shown = f"{format_size(budget)} {memory}" if budget else "unknown memory"
+    console.print(f"Tier {doc['tier']}, {shown}; engine {survey.engine} "
                   f"({_NAMING_LABEL[survey.naming]})", highlight=False)  # fmt: skip
+    if budget:
+        console.print(describe_rule(budget, survey.naming, memory), highlight=False)
     if not doc["models"]:
         console.print("No catalogue model fits this node.", highlight=False)
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("MODEL", "SIZE", "BAND", "MIN TIER", "STATUS"):
+    for column in ("MODEL", "SIZE", "NEEDS", "BAND", "MIN TIER", "STATUS"):
         table.add_column(column)
     for m in doc["models"]:
         name = m["model"] + (" (default)" if m["default"] else "")
-        size = f"~{format_size(m['size_bytes'])}" if m["size_bytes"] else "-"
-        table.add_row(name, size, m["band"], m["min_tier"], m["status"])
+        size, needs = (f"~{format_size(m[k])}" if m[k] else "-"
+                       for k in ("size_bytes", "needed_bytes"))  # fmt: skip
+        table.add_row(name, size, needs, m["band"], m["min_tier"], m["status"])
     console.print(table)
     if footnote and any(m["status"] == "manual" for m in doc["models"]):
         console.print(f"manual: {survey.engine} cannot download models; {survey.hint}",

@@ -39,15 +39,18 @@ async def test_mismatches_and_refusals_are_warned(fake_ollama: FakeOllama, caplo
     backend = OllamaBackend(fake_ollama.url)
     try:
         inventory = await build_inventory(
-            backend, ("qwen2.5:7b", "mistral", "llama3.2:3b"), 3 * GB
+            backend, ("qwen2.5:7b", "mistral", "llama3.2:3b"), 4 * GB
         )
     finally:
         await backend.aclose()
-    assert inventory.names == {"llama3.2:3b"}  # 2.0 GB fits in 3 GB
-    assert [m.name for m in inventory.refused] == ["qwen2.5:7b"]  # 4.7 GB does not
+    # weights + 20 % + 1 GiB: 2.0 GB → 3.5 GB fits in 4 GB; 4.7 GB → 6.7 GB does not
+    assert inventory.names == {"llama3.2:3b"}
+    assert [m.name for m in inventory.refused] == ["qwen2.5:7b"]
     assert inventory.missing == ("mistral",)
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("refusing to advertise qwen2.5:7b: qwen2.5:7b needs ~4.7 GB")
+    assert any(m.startswith("refusing to advertise qwen2.5:7b: qwen2.5:7b needs ~6.2 GiB "
+                            "(4.4 GiB weights + 1.9 GiB for KV cache and runtime): does not "
+                            "fit, 2.5 GiB more than 3.7 GiB")
                for m in messages)  # fmt: skip
     assert any("served_models lists mistral but ollama does not have it" in m for m in messages)
 

@@ -57,8 +57,9 @@ async def test_install_pulls_with_progress_and_serves_it(home: Path) -> None:
     text = output(c)
     assert "Pulling tinyllama:latest into ollama..." in text
     assert "pulling manifest" in text and "verifying sha256 digest" in text
-    assert "3.1/3.1 MB" in text  # rich's byte column for a finished layer
-    assert "Installed tinyllama:latest on ollama (6 MB)." in text
+    assert "3.0/3.0 MiB 100%" in text  # rich's byte column for a finished layer
+    assert " MiB/s " in text or " GiB/s " in text  # speeds in the same units as sizes
+    assert "Installed tinyllama:latest on ollama (6 MiB)." in text
     # the engine's other models stay served: served_models was empty, i.e. "everything"
     config = load_config(home, {})
     assert config.served_models == ("qwen2.5:7b", "llama3.2:3b", "tinyllama:latest")
@@ -127,8 +128,8 @@ async def test_list_table_and_json(home: Path) -> None:
     assert await list_models(home, console=c, env={}) == 0
     lines = [line.split() for line in output(c).splitlines()]
     assert lines[0] == ["MODEL", "SIZE", "BACKEND", "STATUS"]
-    assert ["qwen2.5:7b", "4.7", "GB", "ollama", "loaded"] in lines
-    assert ["llama3.2:3b", "2.0", "GB", "ollama", "not", "served"] in lines
+    assert ["qwen2.5:7b", "4.4", "GiB", "ollama", "loaded"] in lines  # `ollama list`: 4.7 GB
+    assert ["llama3.2:3b", "1.9", "GiB", "ollama", "not", "served"] in lines
     assert ["mistral", "-", "ollama", "missing"] in lines
 
     c = console()

@@ -45,11 +45,51 @@ async def test_recommend_marks_what_ollama_has(ollama_home: tuple[Path, FakeOlla
     home, _ = ollama_home
     c = console()
     assert await recommend_models(home, console=c, env={}) == 0
-    rows = [line.split() for line in output(c).splitlines()]
-    assert rows[0][:4] == ["Tier", "cpu,", "17.2", "GB"]
-    assert ["qwen2.5:1.5b", "(default)", "~750", "MB", "1b-3b", "cpu", "available"] in rows
-    assert ["llama3.2:3b", "~1.6", "GB", "1b-3b", "cpu", "installed"] in rows
+    lines = output(c).splitlines()
+    assert lines[:2] == [
+        "Tier cpu, 16.0 GiB RAM; engine ollama (Ollama tags)",
+        "A model fits when its weights + 20 % + 1.0 GiB (KV cache, runtime) stay within "
+        "16.0 GiB of RAM.",
+    ]
+    rows = [line.split() for line in lines]
+    assert ["qwen2.5:1.5b", "(default)", "~715", "MiB", "~1.8", "GiB", "1b-3b", "cpu",
+            "available"] in rows  # fmt: skip
+    assert ["llama3.2:3b", "~1.5", "GiB", "~2.8", "GiB", "1b-3b", "cpu", "installed"] in rows
     assert "`infernet model recommend --install-all`" in output(c)
+
+
+async def test_a_real_h200_on_vllm_is_offered_what_loads(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The H200's own nvidia-smi answer (see its README): 143,771 MiB. The 72B at FP16
+    # (145.4 GB of weights) is not offered: vLLM takes 90 % of the card and needs KV cache
+    # room on top; its AWQ repo is the tier default instead.
+    recorded = Path(__file__).parents[1] / "node" / "fixtures" / "h200" / "nvidia-smi-query.csv"
+    info = hardware.HardwareInfo(gpus=tuple(hardware.parse_nvidia_smi(recorded.read_text())),
+                                 gpu_source="nvidia-smi", ram_total_bytes=64 * GIB)  # fmt: skip
+    monkeypatch.setattr(hardware, "detect_hardware", lambda *a, **k: info)
+    url = await nursery.start(FakeServer(openai_engine(["Qwen/Qwen2.5-32B-Instruct"])).serve)
+    save_config(tmp_path, NodeConfig(backend="vllm", vllm_host=url))
+    c, out = console(), console()
+    assert await recommend_models(tmp_path, console=c, env={}) == 0
+    assert [line.rstrip() for line in output(c).splitlines()][:8] == [
+        "Tier >=48gb, 140.4 GiB VRAM; engine vllm (HuggingFace repo ids)",
+        "A model fits when its weights + 20 % + 1.0 GiB (KV cache, runtime) stay within "
+        "126.4 GiB, the 90 % of VRAM that vLLM, SGLang and MAX allocate.",
+        "MODEL                                    SIZE       NEEDS      BAND     MIN TIER  STATUS",
+        "Qwen/Qwen2.5-72B-Instruct-AWQ (default)  ~33.9 GiB  ~41.6 GiB  70b+     >=48gb    manual",
+        "deepseek-ai/deepseek-coder-33b-instruct  ~61.5 GiB  ~74.8 GiB  30b-33b  >=24gb    manual",
+        "Qwen/Qwen2.5-32B-Instruct                ~61.1 GiB  ~74.3 GiB  30b-33b  >=24gb    "
+        "installed",
+        "Qwen/Qwen2.5-14B-Instruct                ~27.6 GiB  ~34.1 GiB  13b-14b  >=12gb    manual",
+        "meta-llama/Llama-3.1-8B-Instruct         ~14.9 GiB  ~18.9 GiB  7b       >=8gb     manual",
+    ]
+    assert await recommend_models(tmp_path, console=c, out=out, env={}) == 0
+    doc = json.loads(output(out))
+    assert (doc["budget_bytes"], doc["usable_bytes"]) == (143771 * 1024**2, 135_679_338_086)
+    first = doc["models"][0]
+    assert first["size_bytes"] == 36_350_000_000 and first["needed_bytes"] == 44_693_741_824
+    assert all(m["needed_bytes"] <= doc["usable_bytes"] for m in doc["models"])
 
 
 async def test_install_all_pulls_the_missing_ones(ollama_home: tuple[Path, FakeOllama]) -> None:
