@@ -1,11 +1,12 @@
 """``infernet doctor``: check everything a node needs, and say how to fix what is wrong.
 
 Owns: the checks (config and key files and their modes, the running node, the engine and
-whether its models match ``served_models``, the VRAM fit of served models, the listen and
-control ports, disk space, the log file, the coordinator and the clock against it, the GPU
-and its driver/CUDA version (`infernet.node.gpu_driver`), mDNS), each ending ``[OK]``,
-``[WARN]`` or ``[FAIL]`` with a one-line fix, and the exit code: 1 when any check fails,
-else 0. ``--json`` prints the same as one document.
+whether its models match ``served_models``, the VRAM fit of served models with headroom
+(`infernet.backends.fit`'s rule), the listen and control ports, disk space, the log file, the
+coordinator and the clock against it, the GPU and its driver/CUDA version
+(`infernet.node.gpu_driver`), mDNS), each ending ``[OK]``, ``[WARN]`` or ``[FAIL]`` with a
+one-line fix, and the exit code: 1 when any check fails, else 0. ``--json`` prints the same
+as one document. Sizes are in GiB, as everywhere in the CLI.
 
 A CPU-only node is valid (the embedded engine serves on CPU): no GPU is a warning; a GPU
 whose driver does not work is a failure.
@@ -155,15 +156,17 @@ def _can_create(folder: Path) -> bool:
 
 
 def _check_disk(ctx: _Context) -> None:
+    from infernet.backends.fit import format_size
+
     folder = ctx.home
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
-    shown = f"{free / GIB:.1f} GB free on {folder}"
+    shown = f"{format_size(free)} free on {folder}"
     if free < DISK_FAIL_GIB * GIB:
         ctx.add("Disk space", "fail", shown, "free some space: models and logs need room")
     elif free < DISK_WARN_GIB * GIB:
-        ctx.add("Disk space", "warn", f"{shown} (at least {DISK_WARN_GIB} GB recommended for "
+        ctx.add("Disk space", "warn", f"{shown} (at least {DISK_WARN_GIB} GiB recommended for "
                 "models)", "free some space before installing larger models")
     else:
         ctx.add("Disk space", "ok", shown)
@@ -294,7 +297,8 @@ def _check_fit(ctx: _Context) -> None:
                 "serve a smaller or more quantized variant (`infernet model recommend`)")
     else:
         memory = "VRAM" if info.vram_total_bytes else "RAM"
-        ctx.add("VRAM fit", "ok", f"every served model fits in {memory}")
+        ctx.add("VRAM fit", "ok", f"every served model fits in {memory} with headroom (KV "
+                "cache, runtime)")
 
 
 def _naming(engine: str) -> Any:

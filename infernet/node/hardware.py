@@ -13,15 +13,17 @@ Invariants:
   without it; its deprecation notice on import (pynvml 13 forwards to nvidia-ml-py) is
   silenced there, as it says nothing about this machine.
 - `HardwareSummary` carries no hostname, serial, UUID, exact CPU model, driver version or
-  free-space figure: tier, GPU vendor/model/count and rounded GB only.
+  free-space figure: tier, GPU vendor/model/count and whole GiB only.
 
 Tiers: ``>=48gb``, ``>=24gb``, ``>=12gb``, ``>=8gb``, else ``cpu``, on the total VRAM of all
 GPUs (vLLM/Ollama split a model across them), where a card counts at 95 % of its nominal
 size because cards report a little less (a "24 GB" card shows 24,564 MiB). Apple Silicon
 has unified memory: 75 % of RAM counts as VRAM (Metal's default working-set limit is about
 that). The tier table itself is `infernet.protocol.pricing`'s; this module only measures.
-Recorded on a real NVIDIA H200 (``tests/node/fixtures/h200``): pynvml and ``nvidia-smi``
-agree on 143,771 MiB total (140 GiB, shown "140 GB"), tier ``>=48gb``.
+Sizes are shown in binary units labelled GiB (`infernet.backends.fit.format_size`), the unit
+nvidia-smi counts in and card makers' "24 GB" means. Recorded on a real NVIDIA H200
+(``tests/node/fixtures/h200``): pynvml and ``nvidia-smi`` agree on 143,771 MiB total
+(140.4 GiB, shown "140 GiB"; 150.75 decimal GB), tier ``>=48gb``.
 """
 
 from __future__ import annotations
@@ -99,16 +101,16 @@ class HardwareSummary(msgspec.Struct, frozen=True, kw_only=True):
     gpu_vendor: str = ""
     gpu_model: str = ""
     gpu_count: int = 0
-    vram_gb: int = 0
-    ram_gb: int = 0
+    vram_gb: int = 0  # whole GiB (the name predates the unit's label)
+    ram_gb: int = 0  # whole GiB
     cpu_cores: int = 0
 
     def gpu_label(self) -> str:
-        """``"2x NVIDIA GeForce RTX 4090 (48 GB)"``, or ``""`` on a CPU-only node."""
+        """``"2x NVIDIA GeForce RTX 4090 (48 GiB)"``, or ``""`` on a CPU-only node."""
         if not self.gpu_count:
             return ""
         count = f"{self.gpu_count}x " if self.gpu_count > 1 else ""
-        return f"{count}{self.gpu_model} ({self.vram_gb} GB)"
+        return f"{count}{self.gpu_model} ({self.vram_gb} GiB)"
 
 
 class HardwareInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,7 +143,8 @@ class HardwareInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def memory_budget_bytes(self) -> int:
-        """What a model's weights must fit in: total VRAM, or RAM on a CPU-only node."""
+        """What a model must fit in, weights and headroom (`infernet.backends.fit`): total
+        VRAM, or RAM on a CPU-only node."""
         return self.vram_total_bytes or self.ram_total_bytes
 
     def summary(self) -> HardwareSummary:

@@ -19,7 +19,9 @@ import pytest
 import trio
 
 from infernet.cli.doctor import run_checks
+from infernet.node import hardware
 from infernet.node.config import NodeConfig, init_home, save_config
+from tests.backends.fake_http import FakeServer, openai_engine
 from tests.backends.fake_ollama import FakeOllama
 from tests.cli.conftest import Cli
 
@@ -169,7 +171,7 @@ def test_a_working_nvidia_driver_reports_its_versions(cli: Cli, tmp_path: Path) 
                                     "detail": "NVIDIA 545.29.06, CUDA 12.4", "fix": ""}
     assert checks["GPU"]["status"] == "ok"
     if not REAL_GPU:  # pynvml answers first on a machine with a real GPU
-        assert checks["GPU"]["detail"].startswith("NVIDIA GeForce RTX 4090 (24 GB) via nvidia-smi")
+        assert checks["GPU"]["detail"].startswith("NVIDIA GeForce RTX 4090 (24 GiB) via nvidia-smi")
     assert code == 0, checks
 
 
@@ -203,7 +205,7 @@ def test_a_real_h200_as_doctor_reports_it(cli: Cli, tmp_path: Path) -> None:
     assert checks["GPU driver"] == {"name": "GPU driver", "status": "ok",
                                     "detail": "NVIDIA 580.159.04, CUDA 13.0", "fix": ""}
     if not REAL_GPU:  # pynvml answers first on a machine with a real GPU
-        assert checks["GPU"]["detail"] == "NVIDIA H200 (140 GB) via nvidia-smi, tier >=48gb"
+        assert checks["GPU"]["detail"] == "NVIDIA H200 (140 GiB) via nvidia-smi, tier >=48gb"
     assert code == 0, checks
 
 
@@ -227,3 +229,27 @@ async def test_models_in_sync_with_the_engine_when_no_node_runs(
                                      served_models=("qwen2.5:7b",)))  # fmt: skip
     checks = {c.name: c for c in await trio.to_thread.run_sync(run_checks, tmp_path)}
     assert (checks["Models"].status, checks["Models"].detail) == ("ok", "in sync: qwen2.5:7b")
+
+
+async def test_a_real_h200_serving_the_72b_at_fp16_on_vllm_warns_by_how_much(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = Path(__file__).parents[1] / "node" / "fixtures" / "h200" / "nvidia-smi-query.csv"
+    info = hardware.HardwareInfo(gpus=tuple(hardware.parse_nvidia_smi(recorded.read_text())),
+                                 gpu_source="nvidia-smi", ram_total_bytes=64 * 1024**3)  # fmt: skip
+    monkeypatch.setattr(hardware, "detect_hardware", lambda *a, **k: info)
+    served = ("Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen2.5-72B-Instruct-AWQ")
+    url = await nursery.start(FakeServer(openai_engine(list(served))).serve)
+    init_home(tmp_path)
+    save_config(tmp_path, NodeConfig(backend="vllm", vllm_host=url, port=0,
+                                     served_models=served))  # fmt: skip
+    checks = {c.name: c for c in await trio.to_thread.run_sync(run_checks, tmp_path)}
+    assert checks["GPU"].detail == "NVIDIA H200 (140 GiB) via nvidia-smi, tier >=48gb"
+    fit = checks["VRAM fit"]
+    assert fit.status == "warn"
+    assert fit.detail == (  # the name says 72B: 144 GB of FP16 weights; the AWQ fits
+        "Qwen/Qwen2.5-72B-Instruct needs ~161.9 GiB (134.1 GiB weights + 27.8 GiB for KV "
+        "cache and runtime): does not fit, 35.6 GiB more than the 126.4 GiB that vLLM, SGLang "
+        "and MAX use of 140.4 GiB (90 %); pick a smaller model or a 4-bit repo (e.g. -AWQ)"
+    )
+    assert "infernet model recommend" in fit.fix

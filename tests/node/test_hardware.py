@@ -257,7 +257,7 @@ def test_summary_carries_only_coarse_data(tmp_path: Path) -> None:
         "gpu_count": 2, "vram_gb": 48, "ram_gb": round(info.ram_total_bytes / GIB),
         "cpu_cores": info.cpu_count,
     }  # fmt: skip
-    assert summary.gpu_label() == "2x NVIDIA GeForce RTX 4090 (48 GB)"
+    assert summary.gpu_label() == "2x NVIDIA GeForce RTX 4090 (48 GiB)"
     cpu = HardwareInfo(ram_total_bytes=8 * GIB, cpu_count=2).summary()
     assert (cpu.vram_tier, cpu.gpu_label()) == ("cpu", "")
 
@@ -282,7 +282,7 @@ def test_a_real_h200_through_pynvml(tmp_path: Path) -> None:
     assert info.tier == ">=48gb" and info.memory_budget_bytes == 150_754_820_096
     summary = info.summary()
     assert (summary.gpu_count, summary.vram_gb) == (1, 140)  # 140.4 GiB ("141 GB" on the box)
-    assert summary.gpu_label() == "NVIDIA H200 (140 GB)"
+    assert summary.gpu_label() == "NVIDIA H200 (140 GiB)"  # 150.75 in decimal GB
     assert default_model(info.tier, engine="ollama") == "qwen2.5:72b"
 
 
