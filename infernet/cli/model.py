@@ -66,7 +66,6 @@ __all__ = [
     "RemoveResult",
     "add_model_commands",
     "cli_env",
-    "format_size",
     "install_model",
     "install_one",
     "list_models",

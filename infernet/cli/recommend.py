@@ -33,9 +33,9 @@ from infernet.backends.base import ModelNaming
 from infernet.backends.catalog import Recommendation, recommend
 from infernet.backends.embedded import EMBEDDED_BACKEND, EMBEDDED_MODEL
 from infernet.backends.engines import ENGINES
-from infernet.backends.fit import describe_rule, usable_bytes
+from infernet.backends.fit import describe_rule, format_size, usable_bytes
 from infernet.backends.inventory import canonical_name
-from infernet.cli.model import cli_env, format_size, install_one, print_json
+from infernet.cli.model import cli_env, install_one, print_json
 from infernet.node.config import NodeConfig
 from infernet.protocol.errors import BackendError
 
