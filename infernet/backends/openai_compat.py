@@ -62,7 +62,7 @@ DEFAULT_HEALTH_TIMEOUT: Final = 2.0
 # a response" (measured: 6 of 30 back-to-back streams; none with a fresh connection each).
 # A new connection costs well under a millisecond next to a generation, so none is reused.
 _NO_KEEPALIVE: Final = {"Connection": "close"}
-# An SSE request's headers, as httpx_sse.aconnect_sse sent them when the adapter used it.
+# The streamed request's headers (besides Host, Content-Type and Content-Length).
 _STREAM_HEADERS: Final = (("Connection", "close"), ("Accept", "text/event-stream"),
                           ("Cache-Control", "no-store"))
 _GENERIC_INSTALL_HINT: Final = (

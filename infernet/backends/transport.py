@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import Final
 
 import httpx
-import httpx_sse
 
 from infernet.protocol.errors import BackendError
 
@@ -83,17 +82,13 @@ async def read_error_body(response: httpx.Response) -> bytes:
 
 @contextmanager
 def map_transport_errors(*, streaming: bool) -> Iterator[None]:
-    """Translate httpx and SSE exceptions into `BackendError` at the adapter's edge.
+    """Translate httpx exceptions into `BackendError` at the adapter's edge.
 
     ``streaming`` says whether the engine already accepted the request: a broken connection
     then means it died mid-stream (``node_disconnected``) rather than being unavailable.
     """
     try:
         yield
-    except httpx_sse.SSEError as exc:  # an httpx.TransportError: catch it first
-        raise BackendError(
-            f"engine answered a non-SSE stream: {exc}", code="internal_error"
-        ) from exc
     except httpx.TimeoutException as exc:
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
             raise BackendError(f"engine unreachable: {exc!r}", code="backend_unavailable") from exc
