@@ -179,13 +179,21 @@ class Router:
 
     def _hand_out(self, now: float) -> None:
         """Give free slots to waiters, oldest first."""
+        # Once a waiter finds no slot, every later waiter asking the same finds none either
+        # (handing out only takes slots away): skip them, so that a release with many jobs
+        # in line costs one ranking per kind of request, not one per waiting job.
+        stuck: set[tuple[str, str, str, frozenset[str]]] = set()
         for waiter in list(self._waiters):
+            ask = (waiter.model, waiter.weights_hash, waiter.pinned, waiter.exclude)
+            if ask in stuck:
+                continue
             try:
                 ranked = self.ranked(waiter.model, now, weights_hash=waiter.weights_hash,
                                      pinned=waiter.pinned, exclude=waiter.exclude)
             except InfernetError:
-                continue  # nobody serves it right now; it keeps its place in line
+                ranked = []  # nobody serves it right now; it keeps its place in line
             if not ranked:
+                stuck.add(ask)
                 continue
             waiter.entry = ranked[0]
             self._inflight[ranked[0].pubkey] = self._inflight.get(ranked[0].pubkey, 0) + 1

@@ -218,9 +218,11 @@ class EmbeddedEngine:
 
         Shielded from cancellation, so it is safe in ``finally`` blocks. Idempotent.
         """
-        self._adapter = None
+        adapter, self._adapter = self._adapter, None
         proc = self._proc
         with trio.CancelScope(shield=True):
+            if adapter is not None:
+                await adapter.aclose()  # its idle keep-alive connections to this child
             if proc is not None and proc.returncode is None:
                 proc.terminate()
                 with trio.move_on_after(self._config.stop_timeout):
@@ -492,7 +494,10 @@ async def attach_embedded_engine(url: str) -> AsyncIterator[EmbeddedBackend]:
         adapter = OpenAICompatBackend(
             url, EMBEDDED_BACKEND, client=client, prompt_formatter=format_qa_prompt
         )
-        yield EmbeddedBackend(_AttachedEngine(adapter))
+        try:
+            yield EmbeddedBackend(_AttachedEngine(adapter))
+        finally:
+            await adapter.aclose()
 
 
 def _file_size(path: Path | None) -> int | None:

@@ -101,6 +101,35 @@ async def test_waiting_jobs_get_slots_in_arrival_order(
     assert order == [0, 1, 2]
 
 
+async def test_a_full_model_in_line_does_not_hold_up_jobs_for_other_nodes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router, nodes = setup()
+    full = nodes.add(slots=1, models=(MODEL,))
+    other = nodes.add(slots=1, models=("other",))
+    await router.acquire(MODEL, trio.current_time())
+    await router.acquire("other", trio.current_time())
+    served: list[str] = []
+
+    async def wait(model: str, exclude: frozenset[str] = frozenset()) -> None:
+        entry = await router.acquire(model, trio.current_time() + 100, exclude=exclude)
+        served.append(f"{model}@{entry.pubkey[:6]}")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # three jobs for the busy node first in line
+            nursery.start_soon(wait, MODEL)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "other", frozenset({full.pubkey}))
+        await trio.testing.wait_all_tasks_blocked()
+        router.release(other.pubkey)
+        await trio.testing.wait_all_tasks_blocked()
+        assert served == [f"other@{other.pubkey[:6]}"] and router.queued() == 3
+        for _ in range(3):
+            router.release(full.pubkey)
+            await trio.testing.wait_all_tasks_blocked()
+    assert served[1:] == [f"{MODEL}@{full.pubkey[:6]}"] * 3
+
+
 async def test_a_wait_ends_with_no_capacity_at_its_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
