@@ -17,11 +17,12 @@ call uses.
 Keep-alive: with a pool, a response read to its end leaves its connection idle in the
 pool for the next request, which saves the connect, the socket set-up and the close on
 every job (``bench.gateway_instant``'s short jobs at 64 clients, one run: node 1.29 → 1.03
-ms of CPU per job, the instant engine 0.34 → 0.20). Engines close idle connections (uvicorn and llama.cpp after
-5 s; llama.cpp's server also right after each stream), so a pooled connection is dropped
-after `IDLE_TIMEOUT`, is checked for a pending close before reuse, and a request whose
-reused connection turns out closed before any byte of an answer is sent once more on a
-fresh connection (the engine never read it: it had closed that socket).
+ms of CPU per job, the instant engine 0.34 → 0.20). Engines close idle connections
+(uvicorn and llama.cpp after 5 s; llama.cpp's server also right after each stream), so a
+pooled connection is dropped after `IDLE_TIMEOUT`, is checked for a pending close before
+reuse, and a request whose reused connection turns out closed before any byte of an answer
+is sent once more on a fresh connection (the engine never read it: it had closed that
+socket).
 
 Invariants:
 - A connection carries one request at a time. It goes back to the pool only when its
