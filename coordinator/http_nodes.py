@@ -163,10 +163,11 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
     async def node_balance(node_id: str) -> Response:
         pubkey = _node_pubkey(node_id)
         await _authenticate_node(state, pubkey, await read_body(state))
-        balances = await state.ledger.balances(pubkey)
-        payouts = await state.ledger.payouts(pubkey)
+        keys = await _keys_of(state, pubkey)
+        balances = await state.ledger.balances(keys)
+        payouts = await state.ledger.payouts(keys)
         return json_response({
-            "node_id": pubkey, "currency": "USDC",
+            "node_id": pubkey, "keys": keys, "currency": "USDC",
             "balances": {chain: _text(amount) for chain, amount in sorted(balances.items())},
             "payouts": [{"id": p.id, "chain": p.chain, "address": p.address, "amount": p.amount,
                          "status": p.status, "reference": p.reference,
@@ -179,13 +180,19 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         await _authenticate_node(state, pubkey, body)
         ask = _decode(body, _PayoutRequest)
         try:
-            payout = await state.ledger.pay_out(pubkey, ask.chain, ask.address)
+            payout = await state.ledger.pay_out(await _keys_of(state, pubkey), ask.chain,
+                                                ask.address)
         except InfernetError as exc:
             raise ApiError(exc.code, str(exc)) from None
         return json_response({"id": payout.id, "node_id": pubkey, "chain": payout.chain,
                               "address": payout.address, "amount": payout.amount,
                               "currency": "USDC", "status": payout.status,
                               "reference": payout.reference}, 201)
+
+
+async def _keys_of(state: CoordinatorState, pubkey: str) -> list[str]:
+    """The node's keys for the ledger: retired ones from its registration, then ``pubkey``."""
+    return registry.node_keys(await state.store.read(registry.get_registration, pubkey), pubkey)
 
 
 def _text(amount: Any) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,11 +44,14 @@ __all__ = [
     "get_command",
     "get_registration",
     "insert_command",
+    "node_keys",
     "pending_commands",
     "registered_user_of",
     "registration_authority",
     "save_registration",
 ]
+
+log = logging.getLogger("coordinator.registry")
 
 MAX_PENDING: Final = 64
 
@@ -134,6 +138,25 @@ def registration_authority(reg: Registration, now: int) -> NodeAuthority:
                             code="internal_error") from None
     return verify_node_authority(delegation, user=PublicKey.from_hex(reg.user_pubkey), now=now,
                                  rotations=rotations)
+
+
+def node_keys(reg: Registration | None, current: str) -> list[str]:
+    """The keys a node earned under: those its registered chain retired, oldest first, then
+    ``current`` (the ledger adds up their balances).
+
+    The chain verified when it was stored; its signatures do not expire, so what it retired
+    stays retired (no clock here). A corrupt row counts as no rotation.
+    """
+    if reg is None or reg.node_pubkey != current:
+        return [current]
+    try:
+        retired = [decode_signed(base64.b64decode(r, validate=True), KeyRotation).record.old_pubkey
+                   for r in json.loads(reg.rotations)]
+    except (binascii.Error, ValueError, TypeError, InfernetError):
+        log.warning("stored registration of %s is corrupt; its retired keys are not counted",
+                    current[:16])
+        return [current]
+    return [key for key in dict.fromkeys(retired) if key != current] + [current]
 
 
 def count_pending(store: Store, node_pubkey: str) -> int:

@@ -27,6 +27,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -158,6 +159,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     DROP INDEX receipts_node_status;
     CREATE INDEX receipts_node_status_time ON receipts (node_pubkey, status, created_at);
+    """,
+    # 7: which node key each payout drew on. A node that rotated its key claims what its
+    # retired keys earned too; a payout may then draw on several keys, and a key's balance
+    # is its earnings minus the parts drawn on it (so a key in two chains pays once).
+    """
+    CREATE TABLE payout_parts (
+        payout_id TEXT NOT NULL,
+        node_pubkey TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        PRIMARY KEY (payout_id, node_pubkey)
+    );
+    CREATE INDEX payout_parts_node ON payout_parts (node_pubkey, chain);
+    INSERT INTO payout_parts (payout_id, node_pubkey, chain, amount)
+        SELECT id, node_pubkey, chain, amount FROM payouts;
     """,
 )
 
@@ -492,37 +508,53 @@ class Store:
 
     # --- ledger -------------------------------------------------------------------------
 
-    def ledger_entries(self, node_pubkey: str) -> tuple[list[tuple[str, str]],
-                                                        list[tuple[str, str]]]:
-        """(chain, amount) of the node's countersigned receipts and of its payouts that did
-        not fail: the two sides of its balance."""
+    def ledger_entries(self, node_pubkeys: Sequence[str]) -> tuple[
+            list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+        """(key, chain, amount) of the keys' countersigned receipts and of the payout parts
+        drawn on them that did not fail: the two sides of their balances."""
+        if not node_pubkeys:
+            return [], []
+        marks = ", ".join("?" for _ in node_pubkeys)
         earned = self._db.execute(
-            "SELECT chain, node_amount FROM receipts WHERE node_pubkey = ?"
-            " AND status = 'countersigned'", (node_pubkey,)).fetchall()
+            "SELECT node_pubkey, chain, node_amount FROM receipts"
+            f" WHERE node_pubkey IN ({marks}) AND status = 'countersigned'",
+            tuple(node_pubkeys)).fetchall()
         paid = self._db.execute(
-            "SELECT chain, amount FROM payouts WHERE node_pubkey = ? AND status <> 'failed'",
-            (node_pubkey,)).fetchall()
+            "SELECT part.node_pubkey, part.chain, part.amount FROM payout_parts part"
+            " JOIN payouts p ON p.id = part.payout_id"
+            f" WHERE part.node_pubkey IN ({marks}) AND p.status <> 'failed'",
+            tuple(node_pubkeys)).fetchall()
         return earned, paid
 
-    def save_payout(self, payout: PayoutRecord) -> None:
-        """Record a payout (pending until its settlement reports)."""
+    def save_payout(self, payout: PayoutRecord,
+                    parts: Sequence[tuple[str, str]] | None = None) -> None:
+        """Record a payout (pending until its settlement reports) and the amount it draws on
+        each node key, (key, amount); default: all of it on ``payout.node_pubkey``."""
         self._db.execute(
             "INSERT INTO payouts (id, node_pubkey, chain, address, amount, status, reference,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (payout.id, payout.node_pubkey, payout.chain, payout.address, payout.amount,
              payout.status, payout.reference, payout.created_at))
+        self._db.executemany(
+            "INSERT INTO payout_parts (payout_id, node_pubkey, chain, amount)"
+            " VALUES (?, ?, ?, ?)",
+            [(payout.id, key, payout.chain, amount)
+             for key, amount in (parts or [(payout.node_pubkey, payout.amount)])])
 
     def set_payout_status(self, payout_id: str, status: str, reference: str) -> None:
         """Settle or fail a pending payout."""
         self._db.execute("UPDATE payouts SET status = ?, reference = ? WHERE id = ?",
                          (status, reference, payout_id))
 
-    def list_payouts(self, node_pubkey: str) -> list[PayoutRecord]:
-        """A node's payouts, newest first."""
+    def list_payouts(self, node_pubkeys: Sequence[str]) -> list[PayoutRecord]:
+        """The payouts claimed by any of ``node_pubkeys``, newest first."""
+        if not node_pubkeys:
+            return []
+        marks = ", ".join("?" for _ in node_pubkeys)
         rows = self._db.execute(
             "SELECT id, node_pubkey, chain, address, amount, status, reference, created_at"
-            " FROM payouts WHERE node_pubkey = ? ORDER BY created_at DESC", (node_pubkey,)
-        ).fetchall()
+            f" FROM payouts WHERE node_pubkey IN ({marks}) ORDER BY created_at DESC",
+            tuple(node_pubkeys)).fetchall()
         return [PayoutRecord(*row) for row in rows]
 
     # --- peers --------------------------------------------------------------------------

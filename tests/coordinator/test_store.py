@@ -442,3 +442,24 @@ async def test_the_writer_checkpoints_the_wal_from_its_own_connection(store: Sto
         nursery.cancel_scope.cancel()
     assert astore.statistics().checkpoints == 1
     assert job is not None and job.status == "pending"
+
+
+def test_payouts_made_before_version_7_still_count_against_their_key(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path, isolation_level=None)
+    old.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_version VALUES (6)")
+    for script in MIGRATIONS[:6]:
+        old.executescript(script)
+    old.execute("INSERT INTO payouts VALUES ('pay_1', 'aa', 'base', '0x1', '2.5', 'settled',"
+                " 'ledger:pay_1', 1.0)")
+    old.execute("INSERT INTO payouts VALUES ('pay_2', 'aa', 'base', '0x1', '9', 'failed', '',"
+                " 2.0)")
+    old.close()
+    store = Store(db_path)
+    try:
+        earned, paid = store.ledger_entries(["aa"])
+        assert (earned, paid) == ([], [("aa", "base", "2.5")])  # the failed one gave it back
+        assert [p.id for p in store.list_payouts(["aa", "bb"])] == ["pay_2", "pay_1"]
+    finally:
+        store.close()
