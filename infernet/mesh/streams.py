@@ -9,7 +9,9 @@ Decoding stays with each protocol's sans-IO decoder in `infernet.protocol`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, TypeVar
 
 import trio
@@ -22,6 +24,9 @@ log = logging.getLogger("infernet.mesh.streams")
 
 READ_CHUNK: Final = 64 << 10
 WRITE_TIMEOUT: Final = 30.0
+# A session's reader waits for frames without a timeout, once per frame: skip the cancel
+# scope an infinite `fail_after` would still build (~3 per job on each side of a session).
+_NO_TIMEOUT: Final = nullcontext()
 CLOSE_TIMEOUT: Final = 2.0
 
 T = TypeVar("T")
@@ -35,8 +40,12 @@ async def read_until(stream: Any, ready: Callable[[], T | None], feed: Callable[
         TransportError: EOF, reset, or nothing within ``timeout`` (code ``timeout``).
         RemoteProtocolError: from ``feed``/``ready`` (garbage, oversized frames).
     """
+    if (item := ready()) is not None:  # already buffered: no read, no scope
+        return item
+    limit: AbstractContextManager[Any] = (
+        _NO_TIMEOUT if timeout == math.inf else trio.fail_after(timeout))
     try:
-        with trio.fail_after(timeout):
+        with limit:
             while (item := ready()) is None:
                 data = await stream.read(READ_CHUNK)
                 if not data:
