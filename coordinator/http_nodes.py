@@ -67,8 +67,8 @@ async def _authenticate_node(state: CoordinatorState, node_id: str, body: bytes)
     """Check ``X-Infernet-Auth`` for a request on behalf of ``node_id`` (hex).
 
     Raises:
-        ApiError: ``unauthorized`` (401) for any failure, ``rate_limited`` when the nonce
-            cache is full.
+        ApiError: ``unauthorized`` (401) for any failure (a key a registered chain rotated
+            away included), ``rate_limited`` when the nonce cache is full.
     """
     try:
         state.node_auth.verify(request.headers.get(AUTH_HEADER), key_id=node_id,
@@ -78,6 +78,11 @@ async def _authenticate_node(state: CoordinatorState, node_id: str, body: bytes)
         raise ApiError("rate_limited", str(exc)) from None
     except AuthError as exc:
         raise ApiError("unauthorized", str(exc)) from None
+    # Read only once the request authenticated: a forged one costs no database read.
+    successor = await state.store.read(registry.retired_successor, node_id)
+    if successor is not None:
+        raise ApiError("unauthorized", f"key {node_id} was rotated away to {successor}; a "
+                       "retired key signs no request (sign with the node's current key)")
 
 
 async def _check_retired_signer(state: CoordinatorState, node: str, stated: Receipt) -> None:

@@ -134,6 +134,16 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         except AuthError as exc:
             raise ApiError("unauthorized", f"{exc} (sign with the chain's current key)") from None
         user = authority.user.hex()
+        successor = await state.store.read(registry.retired_successor, node)
+        if successor is not None:
+            raise ApiError("unauthorized", f"key {node} was rotated away to {successor}: "
+                           "register with the chain's current key")
+        retired = [(r.record.old_pubkey, r.record.new_pubkey, r.record.rotated_at)
+                   for r in rotations]
+        conflicts = await state.store.read(registry.retired_conflicts, retired)
+        if conflicts:
+            raise ApiError("bad_request", "registration refused, a chain forked from a retired "
+                           f"key: {'; '.join(conflicts)}")
         if state.table.get(node) is None:
             earlier = [k.hex() for k, _ in authority.retired]
             known = await state.store.read(registry.registered_user_of, earlier)
@@ -144,7 +154,7 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         existing = await state.store.read(registry.get_registration, node)
         reg = Registration(node_pubkey=node, user_pubkey=user, delegation=ask.delegation,
                            rotations=json.dumps(ask.rotations), registered_at=now)
-        await state.store.write(registry.save_registration, state.store.sync, reg)
+        await state.store.write(registry.save_registration, state.store.sync, reg, retired)
         d = authority.delegation
         return json_response({
             "node_id": node, "node_npub": encode_npub(authority.current_key),

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,6 +49,8 @@ __all__ = [
     "pending_commands",
     "registered_user_of",
     "registration_authority",
+    "retired_conflicts",
+    "retired_successor",
     "save_registration",
 ]
 
@@ -88,14 +91,41 @@ _COMMAND_COLUMNS: Final = ("id, node_pubkey, user_pubkey, action, model, command
                            " message, created_at, acked_at")
 
 
-def save_registration(store: Store, reg: Registration) -> None:
-    """Insert or replace the registration of ``reg.node_pubkey``."""
-    store.transaction().execute(
+def save_registration(store: Store, reg: Registration,
+                      retired: Sequence[tuple[str, str, int]] = ()) -> None:
+    """Insert or replace the registration of ``reg.node_pubkey``, and remember the keys its
+    chain retired, (key, successor, rotated_at) (`retired_conflicts` checked them)."""
+    db = store.transaction()
+    db.executemany(
+        "INSERT INTO retired_keys (pubkey, successor, rotated_at, registered_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (pubkey) DO NOTHING",
+        [(key, successor, at, reg.registered_at) for key, successor, at in retired])
+    db.execute(
         "INSERT INTO node_registry (node_pubkey, user_pubkey, delegation, rotations,"
         " registered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_pubkey) DO UPDATE SET"
         " user_pubkey = excluded.user_pubkey, delegation = excluded.delegation,"
         " rotations = excluded.rotations, registered_at = excluded.registered_at",
         (reg.node_pubkey, reg.user_pubkey, reg.delegation, reg.rotations, reg.registered_at))
+
+
+def retired_successor(store: Store, pubkey: str) -> str | None:
+    """The key ``pubkey`` was rotated to in a registered chain, None if it is not retired."""
+    row = store.transaction().execute(
+        "SELECT successor FROM retired_keys WHERE pubkey = ?", (pubkey,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def retired_conflicts(store: Store, retired: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Messages for the keys of ``retired`` (key, successor, rotated_at) that a registered
+    chain retired to another successor: a second chain forked from a retired key."""
+    if not retired:
+        return []
+    marks = ", ".join("?" for _ in retired)
+    known = dict(store.transaction().execute(
+        f"SELECT pubkey, successor FROM retired_keys WHERE pubkey IN ({marks})",
+        [key for key, _, _ in retired]).fetchall())
+    return [f"key {key} was already rotated away to {known[key]}"
+            for key, successor, _ in retired if known.get(key, successor) != successor]
 
 
 def get_registration(store: Store, node_pubkey: str) -> Registration | None:

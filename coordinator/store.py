@@ -175,6 +175,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO payout_parts (payout_id, node_pubkey, chain, amount)
         SELECT id, node_pubkey, chain, amount FROM payouts;
     """,
+    # 8: node keys rotated away, from the chains nodes registered (coordinator/registry.py):
+    # such a key signs no node request any more, and is retired to one successor only.
+    """
+    CREATE TABLE retired_keys (
+        pubkey TEXT PRIMARY KEY,
+        successor TEXT NOT NULL,
+        rotated_at INTEGER NOT NULL,
+        registered_at REAL NOT NULL
+    );
+    """,
 )
 
 _JOB_COLUMNS: Final = (

@@ -344,23 +344,53 @@ async def test_a_rotated_node_claims_what_its_retired_key_earned(h: Harness) -> 
     assert sorted(paid) == [(old.pubkey, "base", "1.8")]  # drawn on the key that earned it
 
 
-async def test_a_retired_key_in_two_chains_is_paid_out_once(h: Harness) -> None:
+async def test_a_retired_key_signs_nothing_and_cannot_fork_its_chain(h: Harness) -> None:
     old = h.nodes.add(Script(receipt=False))
     for record in _earned(old, "1.5"):
         h.db.save_receipt(record)
     now, user = int(time.time()), SecretKey.generate().even_y()
-    first = await rotate(h, old, rotated_at=now - HOUR, user=user)
-    # Whoever else holds the old key forks the chain to a key of their own.
-    fork = await rotate(h, old, rotated_at=now - HOUR, user=user)
-    r = await node_post(h, fork, f"/api/v1/nodes/{fork.pubkey}/payouts",
-                        {"chain": "base", "address": "0xfork"})
-    assert r.status_code == 201 and (await r.get_json())["amount"] == "1.5"
-    r = await node_post(h, first, f"/api/v1/nodes/{first.pubkey}/payouts",
+    new = await rotate(h, old, rotated_at=now - HOUR, user=user)
+    # The old key is still announced (its entry lasts until it expires), yet signs nothing.
+    r = await node_get(h, old, f"/api/v1/nodes/{old.pubkey}/balance")
+    assert r.status_code == 401
+    assert f"rotated away to {new.pubkey}" in (await r.get_json())["error_message"]
+    r = await node_post(h, old, f"/api/v1/nodes/{old.pubkey}/payouts",
+                        {"chain": "base", "address": "0xthief"})
+    assert r.status_code == 401
+    # Whoever else holds the old key cannot hand its earnings to a chain of their own, nor
+    # register it again on its own.
+    fork = h.nodes.add(Script(receipt=False))
+    signed = delegation(user, old.pubkey, issued_at=now - 2 * 86_400, lifetime=365 * 86_400)
+    r = await node_post(h, old, "/api/v1/nodes/register", {"delegation": b64(signed)})
+    assert r.status_code == 401 and "rotated away" in (await r.get_json())["error_message"]
+    rotation = sign_record(KeyRotation(old_pubkey=old.pubkey, new_pubkey=fork.pubkey,
+                                       rotated_at=now - 60), old.key)
+    r = await node_post(h, fork, "/api/v1/nodes/register",
+                        {"delegation": b64(signed), "rotations": [b64(rotation)]})
+    assert r.status_code == 400
+    assert f"key {old.pubkey} was already rotated away to {new.pubkey}" in (
+        await r.get_json())["error_message"]
+    r = await node_post(h, new, f"/api/v1/nodes/{new.pubkey}/payouts",
                         {"chain": "base", "address": "0xabc"})
-    assert r.status_code == 400 and "below the payout minimum" in (await r.get_json())[
-        "error_message"]
+    assert r.status_code == 201 and (await r.get_json())["amount"] == "1.5"
+
+
+async def test_payout_parts_keep_a_key_named_by_two_chains_from_paying_twice(
+        h: Harness) -> None:
+    # Two registrations naming one retired key (stored before forks were refused): the
+    # ledger still pays that key's earnings once, to whichever chain claims first.
+    old, first, second = (h.nodes.add(Script(receipt=False)) for _ in range(3))
+    h.db.save_receipt(_earned(old, "1.5")[0])
+    for node in (first, second):
+        registry.save_registration(h.db, registry.Registration(
+            node.pubkey, "00" * 32, "", json.dumps([b64(sign_record(KeyRotation(
+                old_pubkey=old.pubkey, new_pubkey=node.pubkey, rotated_at=1), old.key))]),
+            0.0))
+    r = await node_post(h, second, f"/api/v1/nodes/{second.pubkey}/payouts",
+                        {"chain": "base", "address": "0xsecond"})
+    assert r.status_code == 201 and (await r.get_json())["amount"] == "1.5"
     body = await (await node_get(h, first, f"/api/v1/nodes/{first.pubkey}/balance")).get_json()
-    assert body["balances"] == {"base": "0"}
+    assert body["keys"] == [old.pubkey, first.pubkey] and body["balances"] == {"base": "0"}
 
 
 async def test_keys_outside_a_registered_chain_are_refused(h: Harness) -> None:
