@@ -3,15 +3,15 @@
 Owns: a node's unclaimed balance per chain (the operator's 85 % of every countersigned
 receipt, minus payouts not failed), payouts that respect each chain's minimum and round
 down to 6 decimals (``specs/receipts.md`` §5, ``infernet.protocol.pricing``), and the
-`Settlement` interface where a real chain plugs in.
+`Settlement` interface where a real chain plugs in. The default, `LedgerSettlement`, moves
+no money: it records the payout in the ledger and returns a ledger reference (no chain is
+reachable from here).
 
 A node that rotated its key (``specs/keys.md`` §4) owns what its retired keys earned: the
 routes pass its keys, retired ones first, and a balance is the sum over them. Money stays
 attached to the key that earned it: a payout records the part it draws on each key (the
 oldest keys' balances first), so a retired key that two chains name (a leaked key used to
-fork one) is paid out once. The default, `LedgerSettlement`, moves
-no money: it records the payout in the ledger and returns a ledger reference (no chain is
-reachable from here).
+fork one) is paid out once.
 
 Invariants:
 - Money is ``Decimal`` end to end; amounts are stored as canonical decimal text.

@@ -30,6 +30,7 @@ from infernet.protocol.delegation import (
     KeyRotation,
     NodeAuthority,
     NodeDelegation,
+    Signed,
     decode_signed,
     verify_node_authority,
 )
@@ -161,13 +162,23 @@ def registration_authority(reg: Registration, now: int) -> NodeAuthority:
     try:
         delegation = decode_signed(base64.b64decode(reg.delegation, validate=True),
                                    NodeDelegation)
-        rotations = [decode_signed(base64.b64decode(r, validate=True), KeyRotation)
-                     for r in json.loads(reg.rotations)]
+        rotations = _stored_rotations(reg)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise InfernetError(f"stored registration of {reg.node_pubkey} is corrupt ({exc})",
                             code="internal_error") from None
     return verify_node_authority(delegation, user=PublicKey.from_hex(reg.user_pubkey), now=now,
                                  rotations=rotations)
+
+
+def _stored_rotations(reg: Registration) -> list[Signed[KeyRotation]]:
+    """The rotations of a stored registration, decoded (not verified again).
+
+    Raises:
+        binascii.Error, ValueError, TypeError: not base64 in a JSON list.
+        InfernetError: a record that does not decode.
+    """
+    return [decode_signed(base64.b64decode(r, validate=True), KeyRotation)
+            for r in json.loads(reg.rotations)]
 
 
 def node_keys(reg: Registration | None, current: str) -> list[str]:
@@ -180,8 +191,7 @@ def node_keys(reg: Registration | None, current: str) -> list[str]:
     if reg is None or reg.node_pubkey != current:
         return [current]
     try:
-        retired = [decode_signed(base64.b64decode(r, validate=True), KeyRotation).record.old_pubkey
-                   for r in json.loads(reg.rotations)]
+        retired = [r.record.old_pubkey for r in _stored_rotations(reg)]
     except (binascii.Error, ValueError, TypeError, InfernetError):
         log.warning("stored registration of %s is corrupt; its retired keys are not counted",
                     current[:16])

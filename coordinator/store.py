@@ -536,10 +536,9 @@ class Store:
             tuple(node_pubkeys)).fetchall()
         return earned, paid
 
-    def save_payout(self, payout: PayoutRecord,
-                    parts: Sequence[tuple[str, str]] | None = None) -> None:
+    def save_payout(self, payout: PayoutRecord, parts: Sequence[tuple[str, str]]) -> None:
         """Record a payout (pending until its settlement reports) and the amount it draws on
-        each node key, (key, amount); default: all of it on ``payout.node_pubkey``."""
+        each node key, (key, amount)."""
         self._db.execute(
             "INSERT INTO payouts (id, node_pubkey, chain, address, amount, status, reference,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -548,8 +547,7 @@ class Store:
         self._db.executemany(
             "INSERT INTO payout_parts (payout_id, node_pubkey, chain, amount)"
             " VALUES (?, ?, ?, ?)",
-            [(payout.id, key, payout.chain, amount)
-             for key, amount in (parts or [(payout.node_pubkey, payout.amount)])])
+            [(payout.id, key, payout.chain, amount) for key, amount in parts])
 
     def set_payout_status(self, payout_id: str, status: str, reference: str) -> None:
         """Settle or fail a pending payout."""
