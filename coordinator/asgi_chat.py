@@ -16,8 +16,11 @@ holds the two side by side):
   gets the token's ``X-RateLimit-*`` headers and its count as in ``app._finish``;
 - the body is read as quart-trio reads it: refused with 413 past ``max_body`` (at once when
   ``Content-Length`` says so), with 408 after ``body_timeout`` s;
-- ``http.disconnect`` cancels the request wherever it is, as in quart-trio, so a client
-  going away cancels its job.
+- a client going away cancels its job, as in quart-trio. While the job runs, the request's
+  own task waits on the connection (``http.disconnect``) and the job's progress cancels
+  that wait (`LiveJob.cancel_at`); only a streamed answer, which waits on the job between
+  its writes, has a second task watching the connection. Quart-trio gives every request
+  that second task, and each costs a spawn and several trips through the scheduler.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from coordinator.http_common import (
     log_api_error,
 )
 from coordinator.http_openai import answer_chat
+from coordinator.jobs import LiveJob
 from coordinator.ratelimit import Decision
 from infernet.protocol.errors import ErrorCode
 
@@ -79,14 +83,12 @@ class ChatRoute:
             found.setdefault(bytes(name).lower(), bytes(value).decode("latin-1"))
         body = _Body(get_content_length(found.get(b"content-length"),
                                         found.get(b"transfer-encoding")), self._max_body)
-        # As quart-trio: one task takes the body and then waits for a disconnect, which
-        # cancels the answer wherever it is; the answer cancels it once sent.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(body.receive_all, receive, nursery.cancel_scope)
-            await self._answer(found.get(b"authorization", ""), body, send)
-            nursery.cancel_scope.cancel()
+        if not await body.collect(receive, self._body_timeout):
+            return  # the client left before its request was whole: no one to answer
+        await self._answer(found.get(b"authorization", ""), body, receive, send)
 
-    async def _answer(self, authorization: str, body: _Body, send: ASGISendCallable) -> None:
+    async def _answer(self, authorization: str, body: _Body, receive: ASGIReceiveCallable,
+                      send: ASGISendCallable) -> None:
         rate: Decision | None = None
 
         def keep_rate(decision: Decision) -> None:
@@ -95,12 +97,15 @@ class ChatRoute:
 
         payload: bytes | AsyncGenerator[bytes, None]
         try:
-            answer = await answer_chat(self._state, authorization,
-                                       partial(body.read, self._body_timeout), keep_rate)
+            answer = await answer_chat(self._state, authorization, body.read, keep_rate,
+                                       partial(_wait_watching, receive))
             for value in answer.headers.values():
                 _check_header_value(value)
             status, content_type, headers = 200, answer.content_type, dict(answer.headers)
             payload = answer.body
+        except _ClientGone:
+            log.debug("%s %s: the client went away; its job was cancelled", "POST", PATH)
+            return
         except ApiError as exc:
             log_api_error("POST", PATH, exc)
             status, content_type, headers = exc.status, "application/json", dict(exc.headers)
@@ -115,7 +120,32 @@ class ChatRoute:
         if rate is not None:
             headers.update(rate.headers())
         self._state.metrics.request(PATH, "POST", status)
-        await _send(send, status, content_type, headers, payload)
+        await _send(send, receive, status, content_type, headers, payload)
+
+
+class _ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+async def _wait_watching(receive: ASGIReceiveCallable, job: LiveJob, end: bool) -> None:
+    """`coordinator.http_openai.JobWait` in the request's own task: parked on the client's
+    connection, woken by the job (see the module's invariants).
+
+    Raises:
+        _ClientGone: the client went away first (the caller drops the job).
+    """
+    with trio.CancelScope() as scope:
+        job.cancel_at(scope, end=end)
+        while True:
+            if (await receive())["type"] == "http.disconnect":
+                raise _ClientGone()
+
+
+async def _watch(receive: ASGIReceiveCallable, on_disconnect: trio.CancelScope) -> None:
+    """Cancel ``on_disconnect`` when the client goes away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    on_disconnect.cancel()
 
 
 class _Body:
@@ -125,22 +155,23 @@ class _Body:
 
     def __init__(self, content_length: int | None, max_body: int) -> None:
         self._data = bytearray()
-        self._complete = trio.Event()
         self._max = max_body
         self._too_large = content_length is not None and content_length > max_body
+        self._complete = self._too_large  # refused without reading it
 
-    async def receive_all(self, receive: ASGIReceiveCallable,
-                          on_disconnect: trio.CancelScope) -> None:
-        """Take the body, then wait for the client to go away and cancel ``on_disconnect``."""
-        while True:
-            message = await receive()
-            if message["type"] == "http.request":
-                self._append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    self._complete.set()
-            elif message["type"] == "http.disconnect":
-                on_disconnect.cancel()
-                return
+    async def collect(self, receive: ASGIReceiveCallable, timeout: float) -> bool:
+        """Take the body, for at most ``timeout`` seconds (then `read` raises 408), none of
+        it past the limit (then `read` raises 413). False: the client went away."""
+        with trio.move_on_after(timeout):
+            while not self._complete:
+                message = await receive()
+                if message["type"] == "http.request":
+                    self._append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        self._complete = True
+                elif message["type"] == "http.disconnect":
+                    return False
+        return True
 
     def _append(self, data: bytes) -> None:
         if not data or self._too_large:
@@ -148,23 +179,19 @@ class _Body:
         self._data.extend(data)
         if len(self._data) > self._max:
             self._too_large = True
-            self._complete.set()
+            self._complete = True
 
-    async def read(self, timeout: float) -> bytes:
-        """The whole body.
+    async def read(self) -> bytes:
+        """The whole body, once `collect` returned True.
 
         Raises:
             RequestEntityTooLarge: past the limit (413).
-            RequestTimeout: not complete within ``timeout`` seconds (408).
+            RequestTimeout: not complete within `collect`'s timeout (408).
         """
         if self._too_large:
             raise RequestEntityTooLarge()
-        with trio.move_on_after(timeout) as scope:
-            await self._complete.wait()
-        if scope.cancelled_caught:
+        if not self._complete:
             raise RequestTimeout()
-        if self._too_large:
-            raise RequestEntityTooLarge()
         return bytes(self._data)
 
 
@@ -182,8 +209,9 @@ def _error(code: ErrorCode, message: str) -> bytes:
     return msgspec.json.encode(openai_api.error_body(code, message))
 
 
-async def _send(send: ASGISendCallable, status: int, content_type: str,
-                headers: dict[str, str], payload: bytes | AsyncGenerator[bytes, None]) -> None:
+async def _send(send: ASGISendCallable, receive: ASGIReceiveCallable, status: int,
+                content_type: str, headers: dict[str, str],
+                payload: bytes | AsyncGenerator[bytes, None]) -> None:
     raw = [(b"content-type", content_type.encode())]
     if isinstance(payload, bytes):
         raw.append((b"content-length", str(len(payload)).encode()))
@@ -192,7 +220,12 @@ async def _send(send: ASGISendCallable, status: int, content_type: str,
     if isinstance(payload, bytes):
         await send({"type": "http.response.body", "body": payload, "more_body": False})
         return
-    async with aclosing(payload) as events:  # its end detaches the job's reader
-        async for data in events:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    # A client going away cancels the stream wherever it is; the generator's end detaches
+    # the job's reader, which drops the job.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch, receive, nursery.cancel_scope)
+        async with aclosing(payload) as events:
+            async for data in events:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        nursery.cancel_scope.cancel()

@@ -55,7 +55,15 @@ from coordinator.openai_api import (
 from coordinator.ratelimit import Decision
 from infernet.protocol.errors import InfernetError
 
-__all__ = ["ChatAnswer", "answer_chat", "register"]
+__all__ = ["ChatAnswer", "JobWait", "answer_chat", "register", "wait_for_job"]
+
+JobWait = Callable[[LiveJob, bool], Awaitable[None]]
+"""Waits until a job has ended (True) or has text or has ended (False)."""
+
+
+async def wait_for_job(job: LiveJob, end: bool) -> None:
+    """The plain `JobWait`, on the job's own events."""
+    await (job.wait_ended() if end else job.wait_output())
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +107,13 @@ def _keep_rate(decision: Decision) -> None:
 
 async def answer_chat(state: CoordinatorState, authorization: str,
                       read: Callable[[], Awaitable[bytes]],
-                      keep_rate: Callable[[Decision], None]) -> ChatAnswer:
+                      keep_rate: Callable[[Decision], None],
+                      wait: JobWait = wait_for_job) -> ChatAnswer:
     """Run a chat completion request up to its first text (whole answer if not streamed).
 
-    ``authorization`` is the request's header value, ``read`` returns its body, and
-    ``keep_rate`` receives each rate-limit state the response must report.
+    ``authorization`` is the request's header value, ``read`` returns its body,
+    ``keep_rate`` receives each rate-limit state the response must report, and ``wait``
+    waits for the job (what it raises passes through; the job is then dropped).
 
     Raises:
         ApiError: every refusal and every job failure before the first text.
@@ -127,45 +137,64 @@ async def answer_chat(state: CoordinatorState, authorization: str,
     state.jobs.attach(job)
     handed_over = False  # once the SSE body runs, it detaches when it ends
     try:
-        await _first_output(job)
+        if not chat.stream:
+            return await _collect(job, chat.model, wait)
+        await _first_output(job, wait)
         meta = ResponseMeta(job.id, chat.model, int(time.time()), job.node_pubkey or "",
                             weights_hash=job.served_weights)
-        if chat.stream:
-            handed_over = True
-            return ChatAnswer("text/event-stream",
-                              {**meta.headers(), "Cache-Control": "no-cache"},
-                              _sse_body(state, chat, job, meta))
-        return await _collect(job, meta)
+        handed_over = True
+        return ChatAnswer("text/event-stream", {**meta.headers(), "Cache-Control": "no-cache"},
+                          _sse_body(state, chat, job, meta))
     finally:
         if not handed_over:
             state.jobs.detach(job)
 
 
-async def _first_output(job: LiveJob) -> None:
+async def _first_output(job: LiveJob, wait: JobWait) -> None:
     """Wait until the job is recorded and has text or ended; answer its failure if it ended
     without text.
 
     Raises:
         ApiError: the job failed before its first text (routing, capacity, the node).
     """
+    await _persisted(job)
+    await wait(job, False)
+    if job.status == "failed" and not job.parts:
+        raise ApiError(job.error_code or "internal_error", job.error_message)
+
+
+async def _persisted(job: LiveJob) -> None:
+    """Wait until the job's record committed.
+
+    Raises:
+        ApiError: ``internal_error``, the record could not be written (the job is stopped).
+    """
     try:
         await job.wait_persisted()
     except Exception as exc:  # sqlite errors: nothing was promised to the client yet
         job.cancel("internal_error")
         raise ApiError("internal_error", f"the job could not be recorded: {exc}") from None
-    await job.wait_output()
-    if job.status == "failed" and not job.parts:
-        raise ApiError(job.error_code or "internal_error", job.error_message)
 
 
-async def _collect(job: LiveJob, meta: ResponseMeta) -> ChatAnswer:
-    await job.wait_ended()  # the text accumulates in job.parts
+async def _collect(job: LiveJob, model: str, wait: JobWait) -> ChatAnswer:
+    """The whole answer of a job that is not streamed, once it ended.
+
+    One wait, for the end: the job's record commits before its end does (the store's
+    writes commit in order), so the check that it was recorded waits no more, and the
+    request's task wakes once per job instead of three times.
+
+    Raises:
+        ApiError: the job could not be recorded, or it failed.
+    """
+    await wait(job, True)  # the text accumulates in job.parts
+    await _persisted(job)
     if job.status == "failed":
         raise ApiError(job.error_code or "internal_error", job.error_message)
     final = job.final
     if final is None:
         raise ApiError("internal_error", "the job ended without a result")
-    meta = replace(meta, receipt_id=job.receipt_id)
+    meta = ResponseMeta(job.id, model, int(job.created_at), job.node_pubkey or "",
+                        weights_hash=job.served_weights, receipt_id=job.receipt_id)
     body = completion_body(meta, "".join(job.parts), final.finish_reason, final.prompt_tokens,
                            final.completion_tokens)
     return ChatAnswer("application/json", meta.headers(), msgspec.json.encode(body))

@@ -183,6 +183,8 @@ class LiveJob:
     # at every piece of text (each wake-up is a trip through trio's scheduler).
     _output: trio.Event = field(default_factory=trio.Event)
     _end: trio.Event = field(default_factory=trio.Event)
+    # Scopes to cancel at the first text (False) or at the end (True): see `cancel_at`.
+    _cancel_at: list[tuple[bool, trio.CancelScope]] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -200,6 +202,25 @@ class LiveJob:
             self._output.set()
         elif self.parts:
             self._output.set()
+        else:
+            return
+        if self._cancel_at:
+            ended = self.ended
+            for at_end, scope in self._cancel_at:
+                if ended or not at_end:
+                    scope.cancel()
+            self._cancel_at = [(at_end, scope) for at_end, scope in self._cancel_at
+                               if not scope.cancel_called]
+
+    def cancel_at(self, scope: trio.CancelScope, *, end: bool) -> None:
+        """Cancel ``scope`` once the job has ended (``end``), or has text or ended (not
+        ``end``); at once if it has already. For a task that waits on something else
+        meanwhile (the HTTP layer waits for its client to go away) instead of on
+        `wait_ended` or `wait_output`."""
+        if self.ended or (not end and self.parts):
+            scope.cancel()
+        else:
+            self._cancel_at.append((end, scope))
 
     async def wait_persisted(self) -> None:
         """Wait until the job's record committed.

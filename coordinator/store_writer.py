@@ -59,12 +59,14 @@ class PendingWrite:
     error: BaseException | None = None
 
     async def wait(self) -> None:
-        """Wait for the commit. Cancel-safe: the write commits anyway.
+        """Wait for the commit (no checkpoint once it committed). Cancel-safe: the write
+        commits anyway.
 
         Raises:
             sqlite3.Error: the write failed.
         """
-        await self.done.wait()
+        if not self.done.is_set():  # no trip through the scheduler once committed
+            await self.done.wait()
         if self.error is not None:
             raise self.error
 

@@ -179,24 +179,88 @@ async def test_only_the_chat_post_skips_quart(tmp_path: Path) -> None:
 async def test_a_body_is_cut_off_after_the_timeout(autojump_clock: trio.testing.MockClock
                                                    ) -> None:
     body = _Body(None, 100)
-    with pytest.raises(RequestTimeout):
-        await body.read(60.0)
+    messages = iter([{"type": "http.request", "body": b"abc", "more_body": True}])
+
+    async def receive() -> Any:
+        message = next(messages, None)
+        if message is None:
+            await trio.sleep_forever()
+        return message
+
+    assert await body.collect(receive, 60.0)
     assert trio.current_time() == pytest.approx(60.0)
+    with pytest.raises(RequestTimeout):
+        await body.read()
 
 
 async def test_a_body_over_the_limit_is_refused() -> None:
+    async def unread() -> Any:
+        raise AssertionError("a body its Content-Length refuses is not read")
+
+    body = _Body(101, 100)
+    assert await body.collect(unread, 60.0)
     with pytest.raises(RequestEntityTooLarge):
-        await _Body(101, 100).read(60.0)
+        await body.read()
     body = _Body(None, 4)
     messages = iter([{"type": "http.request", "body": b"abc", "more_body": True},
-                     {"type": "http.request", "body": b"de", "more_body": True},
-                     {"type": "http.disconnect"}])
+                     {"type": "http.request", "body": b"de", "more_body": True}])
 
     async def receive() -> Any:
         return next(messages)
 
-    with trio.CancelScope() as scope:
-        await body.receive_all(receive, scope)
-    assert scope.cancel_called  # the disconnect
+    assert await body.collect(receive, 60.0)  # stops reading past the limit
     with pytest.raises(RequestEntityTooLarge):
-        await body.read(60.0)
+        await body.read()
+
+
+async def test_a_client_gone_before_its_body_ends_gets_no_answer(tmp_path: Path) -> None:
+    async with open_harness(tmp_path) as h:
+        route = h.client.app.asgi_app
+        messages = iter([{"type": "http.request", "body": b'{"mod', "more_body": True},
+                         {"type": "http.disconnect"}])
+
+        async def receive() -> Any:
+            return next(messages)
+
+        async def send(message: Any) -> None:
+            raise AssertionError(f"nothing is sent to a client that left: {message}")
+
+        h.nodes.add()
+        await route(_scope("POST", PATH, h.auth()), receive, send)
+        assert h.state.jobs.running() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_client_going_away_cancels_its_job(tmp_path: Path, stream: bool) -> None:
+    async with open_harness(tmp_path) as h:
+        route = h.client.app.asgi_app
+        gate = trio.Event()
+        node = h.nodes.add(Script(gate=gate, stall_after=1))
+        gone, answered = trio.Event(), trio.Event()
+        sent: list[Any] = []
+        messages = [{"type": "http.request", "more_body": False,
+                     "body": json.dumps({**CHAT, "stream": stream}).encode()}]
+
+        async def receive() -> Any:
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            answered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(route, _scope("POST", PATH, h.auth()), receive, send)
+            await node.opened.wait()
+            [job] = [h.live(j.job_id) for j in node.jobs]
+            if stream:
+                gate.set()  # the first text: the answer has started when the client leaves
+                await answered.wait()
+            gone.set()
+            await job.wait_ended()
+        assert (job.status, job.error_code) == ("failed", "cancelled")
+        assert node.cancelled == 1
+        assert [m["status"] for m in sent if m["type"] == "http.response.start"] == (
+            [200] if stream else [])

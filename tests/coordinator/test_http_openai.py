@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
+import pytest
 import trio
 
 from tests.coordinator.fakes import MODEL, Script
@@ -94,3 +96,19 @@ async def test_the_client_going_away_cancels_the_job(h: Harness) -> None:
             scope.cancel()
     assert (job.status, job.error_code) == ("failed", "cancelled")
     assert node.cancelled == 1
+
+
+async def test_a_job_the_store_cannot_record_is_a_500(h: Harness,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(h.db, "create_job", broken)
+    h.nodes.add()
+    for stream in (False, True):
+        r = await h.post_json("/v1/chat/completions", {**CHAT, "stream": stream})
+        assert r.status_code == 500
+        error = (await r.get_json())["error"]
+        assert error["code"] == "internal_error"
+        assert error["message"] == "the job could not be recorded: disk I/O error"
+    assert h.state.jobs.running() == 0
