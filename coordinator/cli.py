@@ -24,6 +24,7 @@ from coordinator.service import (
     run_coordinator,
 )
 from coordinator.store import Store
+from infernet.cli.heap import settle_heap
 from infernet.cli.logs import setup_logging
 from infernet.cli.parser import CommandParser
 from infernet.cli.signals import run_until_signal
@@ -143,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    rph=args.rph, unwitnessed_per_day=args.unwitnessed_per_day)
 
         async def serve(scope: trio.CancelScope) -> None:
-            await run_coordinator(config)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_coordinator, config)
+                settle_heap()
 
         return trio.run(run_until_signal, serve)
     except InfernetError as exc:

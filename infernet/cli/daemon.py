@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 import httpx
 import trio
 
+from infernet.cli.heap import settle_heap
 from infernet.cli.logs import setup_logging
 from infernet.cli.signals import run_until_signal
 from infernet.node.config import ConfigError, NodeConfig, load_config, load_node_key
@@ -305,6 +306,7 @@ def _run_foreground(home: Path, config: NodeConfig, key: Any) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(run_node, home, config, key, stop=stop))
             serving = True
+            settle_heap()
 
     return trio.run(run_until_signal, main, on_signal)
 

@@ -24,6 +24,7 @@ from httpx_sse import aconnect_sse
 from trio_typing import TaskStatus
 
 from coordinator.service import CoordinatorConfig, open_store, run_coordinator
+from infernet.cli.heap import settle_heap
 from infernet.node.config import init_home, load_config
 from infernet.node.daemon import NodeInfo, run_node
 from infernet.node.identity import ensure_identity
@@ -133,6 +134,7 @@ async def run_up(home: Path, args: argparse.Namespace, scope: trio.CancelScope) 
             except trio.TooSlowError:
                 raise InfernetError("the node did not reach the coordinator in time",
                                     code="timeout") from None
+            settle_heap()
             _say()
             _say(f"Infernet is up in {time.perf_counter() - started:.1f} s: "
                  f"coordinator + 1 node serving {model}.")
