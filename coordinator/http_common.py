@@ -70,11 +70,15 @@ class CoordinatorState:
 
 def node_key_lookup(table: PeerTable) -> Callable[[str], PublicKey | None]:
     """Keys of the nodes known from verified announcements, by pubkey hex (for
-    `AuthVerifier`): a node signs its requests with the key it announces with."""
+    `AuthVerifier`): a node signs its requests with the key it announces with. A key the
+    table retired is looked up too, so that a request it really signed is told why it is
+    refused (``coordinator.http_nodes``), while a forged one still fails its signature."""
 
     def lookup(key_id: str) -> PublicKey | None:
         entry = table.get(key_id)
-        return entry.announcement.pubkey if entry is not None else None
+        if entry is not None:
+            return entry.announcement.pubkey
+        return PublicKey.from_hex(key_id) if table.is_retired(key_id) else None
 
     return lookup
 

@@ -31,7 +31,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from coordinator import registry
-from coordinator.http_common import ApiError, CoordinatorState, json_response, read_body
+from coordinator.http_common import ApiError, CoordinatorState, json_response, log, read_body
 from coordinator.http_nodes import _authenticate_node, _decode, _node_pubkey, _raw_target
 from coordinator.job_api import iso_time
 from coordinator.registry import CommandRecord, Registration
@@ -155,6 +155,9 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
         reg = Registration(node_pubkey=node, user_pubkey=user, delegation=ask.delegation,
                            rotations=json.dumps(ask.rotations), registered_at=now)
         await state.store.write(registry.save_registration, state.store.sync, reg, retired)
+        # A retired key routes no more jobs, even while its last announcement is fresh.
+        for key in state.table.retire([old for old, _, _ in retired]):
+            log.info("node %s: retired key %s leaves the peer table", node[:12], key[:12])
         d = authority.delegation
         return json_response({
             "node_id": node, "node_npub": encode_npub(authority.current_key),

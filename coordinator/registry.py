@@ -51,6 +51,7 @@ __all__ = [
     "registered_user_of",
     "registration_authority",
     "retired_conflicts",
+    "retired_keys",
     "retired_successor",
     "save_registration",
 ]
@@ -107,6 +108,12 @@ def save_registration(store: Store, reg: Registration,
         " user_pubkey = excluded.user_pubkey, delegation = excluded.delegation,"
         " rotations = excluded.rotations, registered_at = excluded.registered_at",
         (reg.node_pubkey, reg.user_pubkey, reg.delegation, reg.rotations, reg.registered_at))
+
+
+def retired_keys(store: Store) -> list[str]:
+    """Every key a registered chain rotated away (the peer table refuses them)."""
+    return [str(row[0]) for row in
+            store.transaction().execute("SELECT pubkey FROM retired_keys").fetchall()]
 
 
 def retired_successor(store: Store, pubkey: str) -> str | None:

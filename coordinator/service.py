@@ -37,6 +37,7 @@ from coordinator.jobs import UNWITNESSED_PER_DAY, JobManager, JobSettings
 from coordinator.ledger import Ledger
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import DEFAULT_RPH, DEFAULT_RPM, HOUR, Limits, RateLimiter
+from coordinator.registry import retired_keys
 from coordinator.router import Router
 from coordinator.store import AsyncStore, PeerRecord, Store
 from coordinator.stream_pool import StreamPool
@@ -147,6 +148,7 @@ async def _serve(config: CoordinatorConfig, key: SecretKey, store: Store, mesh: 
     peers = PeerManager(mesh, key.public_key.hex(), max_peers=MAX_NODE_CONNECTIONS,
                         on_change=on_announcement)
     table = peers.table
+    table.retire(retired_keys(store))
     router = Router(table)
     metrics = Metrics()
     limiter = RateLimiter()

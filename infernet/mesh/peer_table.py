@@ -6,12 +6,15 @@ an argument (monotonic seconds) so the rules are testable.
 
 Invariants: an entry exists only for a verified announcement; a peer is online while a
 connection is open and its last announcement is younger than ``offline_after`` (90 s);
-an older announcement (by ``created_at``) never replaces a newer one.
+an older announcement (by ``created_at``) never replaces a newer one; a key the owner of the
+table retired (`retire`: a coordinator learns of key rotations at registration) has no
+entry and gets none.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,11 +55,15 @@ class PeerTable:
 
     def __init__(self, offline_after: float = OFFLINE_AFTER) -> None:
         self._entries: dict[str, PeerEntry] = {}
+        self._retired: set[str] = set()
         self._offline_after = offline_after
 
     def update(self, ann: Announcement, peer_id: str, now: float, *, connected: bool) -> bool:
-        """Record a verified announcement; return False when it is older than what we have."""
+        """Record a verified announcement; return False when it is older than what we have
+        or its key is retired."""
         key = ann.pubkey.hex()
+        if key in self._retired:
+            return False
         entry = self._entries.get(key)
         if entry is not None and entry.announcement.event.created_at > ann.event.created_at:
             return False
@@ -67,6 +74,20 @@ class PeerTable:
             new.outcomes = entry.outcomes  # what a node did survives its re-announcements
         self._entries[key] = new
         return True
+
+    def retire(self, pubkeys: Iterable[str]) -> list[str]:
+        """Drop these keys (hex) for good: their entries go, their announcements are refused
+        from now on. Returns those that had an entry."""
+        dropped = []
+        for key in pubkeys:
+            self._retired.add(key)
+            if self._entries.pop(key, None) is not None:
+                dropped.append(key)
+        return dropped
+
+    def is_retired(self, pubkey: str) -> bool:
+        """True for a key `retire` dropped."""
+        return pubkey in self._retired
 
     def record_outcome(self, pubkey: str, ok: bool, now: float) -> None:
         """Remember whether a job sent to ``pubkey`` succeeded (unknown peers are ignored)."""

@@ -61,7 +61,11 @@ class PeerManager:
             task_status.started()
 
     async def _on_announcement(self, ann: Announcement, peer_id: str) -> None:
-        if ann.pubkey.hex() == self.own_pubkey:
+        pubkey = ann.pubkey.hex()
+        if pubkey == self.own_pubkey:
+            return
+        if self.table.is_retired(pubkey):
+            log.debug("announcement of retired key %s from %s ignored", pubkey[:12], peer_id)
             return
         connected = self.mesh.is_connected(peer_id)
         changed = self.table.update(ann, peer_id, trio.current_time(), connected=connected)

@@ -21,7 +21,7 @@ from infernet.protocol.delegation import (
     sign_record,
 )
 from infernet.protocol.keys import SecretKey, encode_npub
-from tests.coordinator.fakes import FakeNode
+from tests.coordinator.fakes import MODEL, FakeNode
 from tests.coordinator.harness import Harness
 
 SCOPE = ("serve", "receipts", "model_keys", "commands")
@@ -122,6 +122,13 @@ async def test_a_rotated_node_re_registers_before_it_announces(h: Harness) -> No
                           {"delegation": b64(signed), "rotations": [b64(rotation)]})
     assert r.status_code == 201, await r.get_data()
     assert (await r.get_json())["rotations"] == 1
+    # The old key routes no more jobs, even though its announcement is still fresh.
+    assert h.state.table.get(node.pubkey) is None
+    h.nodes.announce(node)
+    assert h.state.table.get(node.pubkey) is None
+    r = await h.post_json("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and node.jobs == []
     # Another user's chain cannot ride on this registration.
     other = SecretKey.generate().even_y()
     theirs = delegation(other, node.pubkey)

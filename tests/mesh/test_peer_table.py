@@ -239,3 +239,17 @@ def test_entry_serves_matches_model_names_exactly() -> None:
     assert entry.serves("llama3:8b")
     assert not entry.serves("llama3")
     assert not entry.serves("")
+
+
+def test_a_retired_key_leaves_the_table_and_stays_out() -> None:
+    table = PeerTable()
+    a, b = KEY_A.public_key.hex(), KEY_B.public_key.hex()
+    table.update(announcement(KEY_A), PEER_A, T0, connected=True)
+    table.update(announcement(KEY_B), PEER_B, T0, connected=True)
+    assert table.retire([a, "00" * 32]) == [a]  # only keys that had an entry are reported
+    assert table.is_retired(a) and not table.is_retired(b)
+    assert pubkeys(table.online(T0)) == {b}
+    # Even a newer announcement of the retired key is refused.
+    assert table.update(announcement(KEY_A, created_at=UNIX + 60), PEER_A, T0 + 60,
+                        connected=True) is False
+    assert table.get(a) is None and len(table) == 1
