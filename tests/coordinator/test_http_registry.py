@@ -122,7 +122,9 @@ async def test_a_rotated_node_re_registers_before_it_announces(h: Harness) -> No
                           {"delegation": b64(signed), "rotations": [b64(rotation)]})
     assert r.status_code == 201, await r.get_data()
     assert (await r.get_json())["rotations"] == 1
-    # The old key routes no more jobs, even though its announcement is still fresh.
+    # The old key routes no more jobs, even though its announcement is still fresh (and a
+    # restarted coordinator retires what the store lists).
+    assert registry.retired_keys(h.db) == [node.pubkey]
     assert h.state.table.get(node.pubkey) is None
     h.nodes.announce(node)
     assert h.state.table.get(node.pubkey) is None
