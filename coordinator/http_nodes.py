@@ -38,7 +38,11 @@ from coordinator.job_api import iso_time, normalize_node_id
 from coordinator.receipts import ReceiptNotReady, UnwitnessedQuotaFull, receipt_body
 from infernet.protocol.auth import AUTH_HEADER, PUBKEY_HEADER, AuthBusyError, AuthError
 from infernet.protocol.canonical import decode_record
-from infernet.protocol.delegation import verify_receipt_signer
+from infernet.protocol.delegation import (
+    DelegationError,
+    check_rotation_grace,
+    verify_receipt_signer,
+)
 from infernet.protocol.errors import InfernetError, SignatureError
 from infernet.protocol.keys import PublicKey
 from infernet.protocol.receipt import MAX_RECEIPT_SIZE, Receipt, decode_signed_receipt
@@ -111,11 +115,24 @@ async def _check_retired_signer(state: CoordinatorState, node: str, stated: Rece
                        f"longer holds ({exc})") from None
     try:
         verify_receipt_signer(authority, signer, completed_at=stated.completed_at, now=now)
+        return
     except SignatureError as exc:
-        when = dict(authority.retired).get(signer)
-        rotated = "" if when is None else (
-            f" (key {stated.node_pubkey} was rotated away at {iso_time(when)})")
-        raise ApiError("bad_request", f"receipt refused: {exc}{rotated}") from None
+        failure: SignatureError = exc
+    when = dict(authority.retired).get(signer)
+    if when is None and "receipts" in authority.delegation.scope:
+        # A key an earlier chain rotated into this one: the node renewed its delegation
+        # since, and its registration starts at a later key.
+        when = dict(await state.store.read(registry.predecessors, node)).get(
+            stated.node_pubkey)
+        if when is not None:
+            try:
+                check_rotation_grace(when, completed_at=stated.completed_at, now=now)
+                return
+            except DelegationError as exc:
+                failure = exc
+    rotated = "" if when is None else (
+        f" (key {stated.node_pubkey} was rotated away at {iso_time(when)})")
+    raise ApiError("bad_request", f"receipt refused: {failure}{rotated}") from None
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
@@ -196,8 +213,8 @@ def register(app: QuartTrio, state: CoordinatorState) -> None:
 
 
 async def _keys_of(state: CoordinatorState, pubkey: str) -> list[str]:
-    """The node's keys for the ledger: retired ones from its registration, then ``pubkey``."""
-    return registry.node_keys(await state.store.read(registry.get_registration, pubkey), pubkey)
+    """The node's keys for the ledger: its retired ones, then ``pubkey``."""
+    return await state.store.read(registry.earning_keys, pubkey)
 
 
 def _text(amount: Any) -> str:

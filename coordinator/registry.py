@@ -38,16 +38,18 @@ from infernet.protocol.errors import InfernetError
 from infernet.protocol.keys import PublicKey
 
 __all__ = [
+    "MAX_LINEAGE",
     "MAX_PENDING",
     "CommandRecord",
     "Registration",
     "ack_command",
     "count_pending",
+    "earning_keys",
     "get_command",
     "get_registration",
     "insert_command",
-    "node_keys",
     "pending_commands",
+    "predecessors",
     "registered_user_of",
     "registration_authority",
     "retired_conflicts",
@@ -59,6 +61,7 @@ __all__ = [
 log = logging.getLogger("coordinator.registry")
 
 MAX_PENDING: Final = 64
+MAX_LINEAGE: Final = 256  # earlier keys of one node counted at most (16 per chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,22 +191,49 @@ def _stored_rotations(reg: Registration) -> list[Signed[KeyRotation]]:
             for r in json.loads(reg.rotations)]
 
 
-def node_keys(reg: Registration | None, current: str) -> list[str]:
-    """The keys a node earned under: those its registered chain retired, oldest first, then
-    ``current`` (the ledger adds up their balances).
+def predecessors(store: Store, current: str) -> list[tuple[str, int]]:
+    """The keys registered chains rotated into ``current``, directly or through others:
+    (pubkey hex, rotated_at), oldest rotation first.
 
-    The chain verified when it was stored; its signatures do not expire, so what it retired
-    stays retired (no clock here). A corrupt row counts as no rotation.
+    Read from `retired_keys`, which keeps what every chain registered here retired, so a
+    node whose registration no longer names them (it renewed its delegation since: a fresh
+    chain starts at its current key) still has them. At most `MAX_LINEAGE` keys.
     """
-    if reg is None or reg.node_pubkey != current:
-        return [current]
-    try:
-        retired = [r.record.old_pubkey for r in _stored_rotations(reg)]
-    except (binascii.Error, ValueError, TypeError, InfernetError):
-        log.warning("stored registration of %s is corrupt; its retired keys are not counted",
-                    current[:16])
-        return [current]
-    return [key for key in dict.fromkeys(retired) if key != current] + [current]
+    found: dict[str, int] = {}
+    frontier = [current]
+    db = store.transaction()
+    while frontier and len(found) < MAX_LINEAGE:
+        marks = ", ".join("?" for _ in frontier)
+        rows = db.execute(f"SELECT pubkey, rotated_at FROM retired_keys WHERE successor IN"
+                          f" ({marks})", frontier).fetchall()
+        frontier = []
+        for pubkey, rotated_at in rows:
+            if pubkey != current and pubkey not in found:
+                found[pubkey] = int(rotated_at)
+                frontier.append(pubkey)
+    return sorted(found.items(), key=lambda item: (item[1], item[0]))[:MAX_LINEAGE]
+
+
+def earning_keys(store: Store, current: str) -> list[str]:
+    """The keys a node earned under, oldest rotation first, then ``current`` (the ledger
+    adds up their balances): those its registered chain retired and those earlier chains
+    rotated into it (`predecessors`).
+
+    The chains verified when they were stored; their signatures do not expire, so what they
+    retired stays retired (no clock here). A corrupt registration row counts as no rotation.
+    """
+    retired = dict(predecessors(store, current))
+    reg = get_registration(store, current)
+    if reg is not None:
+        try:
+            for r in _stored_rotations(reg):
+                retired.setdefault(r.record.old_pubkey, r.record.rotated_at)
+        except (binascii.Error, ValueError, TypeError, InfernetError):
+            log.warning("stored registration of %s is corrupt; its chain's retired keys are "
+                        "not counted", current[:16])
+    retired.pop(current, None)
+    return [key for key, _ in sorted(retired.items(), key=lambda item: (item[1], item[0]))
+            ] + [current]
 
 
 def count_pending(store: Store, node_pubkey: str) -> int:

@@ -10,7 +10,10 @@ the pure records of `infernet.protocol.delegation`:
   one year), re-issued when the user key is at hand and the delegation no longer covers the
   node key (``init --force``) or is about to expire.
 - ``rotations.json`` — the signed `KeyRotation` chain since that delegation (base64 CBOR);
-  ``retired/<pubkey>.key`` — node keys rotated away, kept for their 24 h receipt grace.
+  ``retired/<pubkey>.key`` — node keys rotated away, kept for their 24 h receipt grace;
+  ``rotations-earlier.json`` — the rotations of chains a fresh delegation replaced, while
+  their grace lasts (a coordinator keeps linking those keys to this node, so their
+  receipts are still sent).
 - ``models/<safe name>.key`` and ``.delegation.cbor`` — one model key per served model, with
   the node key's `ModelDelegation` (re-issued when the node key or the weights change).
 
@@ -78,6 +81,7 @@ __all__ = [
 USER_KEY_FILE: Final = "keys/user.key"
 DELEGATION_FILE: Final = "keys/delegation.cbor"
 ROTATIONS_FILE: Final = "keys/rotations.json"
+EARLIER_ROTATIONS_FILE: Final = "keys/rotations-earlier.json"
 RETIRED_DIR: Final = "keys/retired"
 MODELS_DIR: Final = "keys/models"
 NODE_SCOPE: Final[tuple[Scope, ...]] = ("serve", "receipts", "model_keys", "commands")
@@ -170,7 +174,10 @@ def load_rotations(home: Path) -> list[Signed[KeyRotation]]:
     Raises:
         ConfigError: the file is corrupt.
     """
-    path = home / ROTATIONS_FILE
+    return _read_rotations(home / ROTATIONS_FILE)
+
+
+def _read_rotations(path: Path) -> list[Signed[KeyRotation]]:
     try:
         doc = msgspec.json.decode(path.read_bytes(), type=_Rotations)
         return [decode_signed(base64.b64decode(r, validate=True), KeyRotation)
@@ -181,21 +188,40 @@ def load_rotations(home: Path) -> list[Signed[KeyRotation]]:
         raise ConfigError(f"{path} is corrupt ({exc})") from None
 
 
-def _save_rotations(home: Path, rotations: Sequence[Signed[KeyRotation]]) -> None:
+def _save_rotations(home: Path, rotations: Sequence[Signed[KeyRotation]],
+                    name: str = ROTATIONS_FILE) -> None:
     doc = _Rotations([base64.b64encode(encode_signed(r)).decode() for r in rotations])
-    _write_private(home / ROTATIONS_FILE, msgspec.json.encode(doc) + b"\n")
+    _write_private(home / name, msgspec.json.encode(doc) + b"\n")
 
 
 def retired_keys(home: Path) -> dict[str, int]:
-    """The node keys rotated away under the current delegation: pubkey hex → ``rotated_at``.
+    """The node keys rotated away, under the current delegation or an earlier one whose
+    grace is not over: pubkey hex → ``rotated_at``.
 
-    Read from ``rotations.json`` as this node wrote it, unverified: it only tells the receipt
+    Read from the files as this node wrote them, unverified: it only tells the receipt
     submitter which of its own receipts no coordinator will take any more.
 
     Raises:
-        ConfigError: the file is corrupt.
+        ConfigError: a file is corrupt.
     """
-    return {r.record.old_pubkey: r.record.rotated_at for r in load_rotations(home)}
+    rotations = _read_rotations(home / EARLIER_ROTATIONS_FILE) + load_rotations(home)
+    return {r.record.old_pubkey: r.record.rotated_at for r in rotations}
+
+
+def _set_rotations_aside(home: Path, now: int) -> None:
+    """Before a fresh delegation starts a new chain: keep the rotations whose grace lasts
+    (`retired_keys` still reports them), drop the others and the chain."""
+    try:
+        rotations = (_read_rotations(home / EARLIER_ROTATIONS_FILE) + load_rotations(home))
+    except ConfigError:
+        rotations = []  # a corrupt file: its keys' receipts are refused, as before
+    keep = {r.record.old_pubkey: r for r in rotations
+            if now <= r.record.rotated_at + ROTATION_GRACE_S + MAX_CLOCK_SKEW_S}
+    if keep:
+        _save_rotations(home, list(keep.values()), EARLIER_ROTATIONS_FILE)
+    else:
+        (home / EARLIER_ROTATIONS_FILE).unlink(missing_ok=True)
+    (home / ROTATIONS_FILE).unlink(missing_ok=True)
 
 
 def rotations_wire(rotations: Sequence[Signed[KeyRotation]]) -> list[str]:
@@ -282,7 +308,7 @@ def ensure_identity(home: Path, node_key: SecretKey, now: int, *,
                             node_pubkey=node_key.public_key.hex(), scope=NODE_SCOPE,
                             issued_at=now, expires_at=now + DELEGATION_LIFETIME_S)
     _write_private(home / DELEGATION_FILE, encode_signed(sign_record(record, user)))
-    (home / ROTATIONS_FILE).unlink(missing_ok=True)  # a fresh delegation starts a new chain
+    _set_rotations_aside(home, now)  # a fresh delegation starts a new chain
     return IdentityReport(user.public_key.hex(), path, created, True)
 
 

@@ -344,6 +344,38 @@ async def test_a_rotated_node_claims_what_its_retired_key_earned(h: Harness) -> 
     assert sorted(paid) == [(old.pubkey, "base", "1.8")]  # drawn on the key that earned it
 
 
+async def test_a_node_that_renews_its_delegation_keeps_its_retired_keys(h: Harness) -> None:
+    # A -> B registered; then B's owner renews the delegation (`infernet init --force`): the
+    # fresh chain starts at B and names no rotation. A's earnings and its receipts within
+    # the grace still belong to B.
+    old = h.nodes.add(Script(receipt=False))
+    job_id = await completed_job(h)  # served under the old key
+    h.db.save_receipt(_earned(old, "1.5")[0])
+    now, user = int(time.time()), SecretKey.generate().even_y()
+    new = await rotate(h, old, rotated_at=now - HOUR, user=user)
+    fresh = delegation(user, new.pubkey, issued_at=now - 60, lifetime=365 * 86_400)
+    r = await node_post(h, new, "/api/v1/nodes/register", {"delegation": b64(fresh)})
+    assert r.status_code == 200 and (await r.get_json())["rotations"] == 0
+    assert registry.predecessors(h.db, new.pubkey) == [(old.pubkey, now - HOUR)]
+
+    body = await (await node_get(h, new, f"/api/v1/nodes/{new.pubkey}/balance")).get_json()
+    assert body["keys"] == [old.pubkey, new.pubkey]
+    assert Decimal(body["balances"]["base"]) == Decimal("1.5")
+    r = await upload_as(h, new, late_receipt(old, job_id, completed_at=now - 2 * HOUR))
+    assert r.status_code == 201, await r.get_data()
+    assert (await r.get_json())["status"] == "countersigned"
+    # The grace rule still holds for such a key.
+    r = await upload_as(h, new, late_receipt(old, "job_mesh_after", completed_at=now - 60))
+    assert r.status_code == 400
+    message = (await r.get_json())["error_message"]
+    assert "after it was rotated away" in message and old.pubkey in message
+    # A key no chain links to this node is still refused.
+    stranger = h.nodes.add(Script(receipt=False))
+    r = await upload_as(h, new, late_receipt(stranger, "job_x", completed_at=now - 60))
+    assert r.status_code == 400
+    assert "not a key of this node" in (await r.get_json())["error_message"]
+
+
 async def test_a_retired_key_signs_nothing_and_cannot_fork_its_chain(h: Harness) -> None:
     old = h.nodes.add(Script(receipt=False))
     for record in _earned(old, "1.5"):

@@ -71,3 +71,23 @@ def test_safe_model_names_never_collide_or_escape() -> None:
     names = {safe_model_name(n) for n in ("qwen2.5:7b", "qwen2.5_7b", "a/b", "a_b", "../x", "..")}
     assert len(names) == 6
     assert all("/" not in n and not n.startswith(".") for n in names)
+
+
+def test_a_renewed_delegation_keeps_the_retired_keys_while_their_grace_lasts(
+        tmp_path: Path) -> None:
+    now = int(time.time())
+    key, _ = init_home(tmp_path)
+    ensure_identity(tmp_path, key, now, env={})
+    rotated = rotate_node_key(tmp_path, now + 5)
+    (tmp_path / "keys" / "delegation.cbor").unlink()  # renewed, as `init --force` does
+    renewed = ensure_identity(tmp_path, rotated.new, now + 10, env={})
+    assert renewed.issued_delegation
+    authority = load_authority(tmp_path, now + 10)
+    assert authority.current_key == rotated.new.public_key and authority.retired == ()
+    # The old key's receipts are still sent: the coordinator links it to this node.
+    assert retired_keys(tmp_path) == {key.public_key.hex(): now + 5}
+    # A renewal after the grace forgets it.
+    (tmp_path / "keys" / "delegation.cbor").unlink()
+    ensure_identity(tmp_path, rotated.new, now + 3 * 86_400, env={})
+    assert retired_keys(tmp_path) == {}
+    assert not (tmp_path / "keys" / "rotations-earlier.json").exists()
