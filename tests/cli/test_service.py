@@ -13,7 +13,13 @@ import pytest
 
 from infernet.cli.service import render_systemd
 from infernet.node.config import init_home
-from tests.cli.conftest import Cli
+from tests.cli.conftest import BIN, Cli
+
+
+def _interpreter() -> str:
+    """What a unit runs: the interpreter the `infernet` command ran under, its script's
+    shebang (`.venv/bin/python3`), which need not be this process's (`python -m pytest`)."""
+    return (BIN / "infernet").read_text().splitlines()[0].removeprefix("#!")
 
 
 def test_systemd_unit_install_status_uninstall(cli: Cli, tmp_path: Path) -> None:
@@ -25,7 +31,7 @@ def test_systemd_unit_install_status_uninstall(cli: Cli, tmp_path: Path) -> None
     unit = units / "infernet.service"
     assert report["file"] == str(unit) and report["installed"] is True
     text = unit.read_text()
-    assert f"ExecStart={sys.executable} -m infernet.cli.main start" in text
+    assert f"ExecStart={_interpreter()} -m infernet.cli.main start" in text
     assert f"Environment=INFERNET_HOME={cli.home.resolve()}" in text
     assert "KillMode=mixed" in text and "TimeoutStopSec=90" in text
     assert "WantedBy=default.target" in text and "network-online" not in text
@@ -56,7 +62,7 @@ def test_launchd_plist(cli: Cli, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     plist = plistlib.loads((tmp_path / "units" / "org.infernet.node.plist").read_bytes())
     assert plist["Label"] == "org.infernet.node"
-    assert plist["ProgramArguments"] == [sys.executable, "-m", "infernet.cli.main", "start"]
+    assert plist["ProgramArguments"] == [_interpreter(), "-m", "infernet.cli.main", "start"]
     assert plist["EnvironmentVariables"]["INFERNET_HOME"] == str(cli.home.resolve())
     assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True
 
