@@ -82,9 +82,10 @@ async def _authenticate_node(state: CoordinatorState, node_id: str, body: bytes)
         raise ApiError("rate_limited", str(exc)) from None
     except AuthError as exc:
         raise ApiError("unauthorized", str(exc)) from None
-    # Read only once the request authenticated: a forged one costs no database read.
-    successor = await state.store.read(registry.retired_successor, node_id)
-    if successor is not None:
+    # The peer table knows every retired key (`coordinator.service` loads them, registration
+    # adds them): only those cost a database read, and only once the request authenticated.
+    if state.table.is_retired(node_id):
+        successor = await state.store.read(registry.retired_successor, node_id)
         raise ApiError("unauthorized", f"key {node_id} was rotated away to {successor}; a "
                        "retired key signs no request (sign with the node's current key)")
 

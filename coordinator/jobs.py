@@ -183,8 +183,9 @@ class LiveJob:
     # at every piece of text (each wake-up is a trip through trio's scheduler).
     _output: trio.Event = field(default_factory=trio.Event)
     _end: trio.Event = field(default_factory=trio.Event)
-    # Scopes to cancel at the first text (False) or at the end (True): see `cancel_at`.
-    _cancel_at: list[tuple[bool, trio.CancelScope]] = field(default_factory=list)
+    # Scopes to cancel at the first text or at the end: see `cancel_at`.
+    _on_output: list[trio.CancelScope] = field(default_factory=list)
+    _on_end: list[trio.CancelScope] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -199,18 +200,15 @@ class LiveJob:
         event.set()
         if self.ended:
             self._end.set()
-            self._output.set()
+            due = self._on_output + self._on_end
+            self._on_output, self._on_end = [], []
         elif self.parts:
-            self._output.set()
+            due, self._on_output = self._on_output, []
         else:
             return
-        if self._cancel_at:
-            ended = self.ended
-            for at_end, scope in self._cancel_at:
-                if ended or not at_end:
-                    scope.cancel()
-            self._cancel_at = [(at_end, scope) for at_end, scope in self._cancel_at
-                               if not scope.cancel_called]
+        self._output.set()
+        for scope in due:
+            scope.cancel()
 
     def cancel_at(self, scope: trio.CancelScope, *, end: bool) -> None:
         """Cancel ``scope`` once the job has ended (``end``), or has text or ended (not
@@ -220,7 +218,7 @@ class LiveJob:
         if self.ended or (not end and self.parts):
             scope.cancel()
         else:
-            self._cancel_at.append((end, scope))
+            (self._on_end if end else self._on_output).append(scope)
 
     async def wait_persisted(self) -> None:
         """Wait until the job's record committed.
